@@ -1,0 +1,5 @@
+import sys
+
+from runsc_cuda.cli import main
+
+sys.exit(main())

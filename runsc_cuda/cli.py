@@ -1,0 +1,47 @@
+"""Entry point. Pass-through is the hot path: parse, find runsc, execv. Nothing heavy."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from runsc_cuda import __version__
+from runsc_cuda.argv import ArgvError, CommandLine, parse
+from runsc_cuda.errors import ShimError
+from runsc_cuda.runtime import exec_runsc, find_runsc
+
+INTERCEPTED = frozenset({"create", "run", "restore", "checkpoint"})
+
+
+def _early_error(cmd: CommandLine | None, message: str) -> None:
+    """Report a failure before any heavy module is loaded: stderr and the runtime log."""
+    sys.stderr.write(f"runsc-cuda: {message}\n")
+    if cmd is not None and cmd.global_value("log"):
+        from runsc_cuda.logs import RuntimeLog
+
+        RuntimeLog(cmd.global_value("log") or "", cmd.global_value("log-format") or "text").write(
+            "error", f"runsc-cuda: {message}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    environ = os.environ
+    try:
+        cmd: CommandLine | None = parse(argv)
+    except ArgvError:
+        cmd = None  # runsc will say what is wrong with it
+    wants_version = cmd is not None and any(f.name == "version" and f.as_bool() for f in cmd.global_flags)
+    if cmd is not None and cmd.verb in INTERCEPTED and not wants_version:
+        from runsc_cuda import intercept
+
+        return intercept.main(cmd, environ)
+    try:
+        runsc = find_runsc(environ)
+        if wants_version:
+            sys.stdout.write(f"runsc-cuda version {__version__}\n")
+        exec_runsc(runsc, argv[1:], environ)
+    except ShimError as e:
+        _early_error(cmd, e.message)
+        return e.exit_code
+    return 0  # not reached: exec_runsc replaces the process

@@ -1,0 +1,42 @@
+"""The verbs runsc-cuda handles itself. Imported only when one of them is called."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Mapping
+
+from runsc_cuda import logs
+from runsc_cuda.argv import CommandLine
+from runsc_cuda.errors import ShimError
+from runsc_cuda.session import Session, open_session, runtime_log_for
+
+
+def _create(session: Session) -> int:
+    from runsc_cuda import create
+
+    return create.handle(session)
+
+
+HANDLERS: dict[str, Callable[[Session], int]] = {
+    "create": _create,
+    "run": _create,
+    "restore": _create,
+    "checkpoint": _create,
+}
+
+
+def main(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    report = logs.Reporter(runtime_log_for(cmd), None)
+    try:
+        session = open_session(cmd, environ, report)
+        return HANDLERS[cmd.verb or ""](session)
+    except ShimError as e:
+        report.error(e.message)
+        return e.exit_code
+    except KeyboardInterrupt:
+        report.error("interrupted")
+        return 130
+    except Exception as e:  # never a traceback for users: one line, details in the log
+        report.debug("internal error", traceback=traceback.format_exc())
+        report.error(f"internal error: {type(e).__name__}: {e}")
+        return 1

@@ -1,0 +1,163 @@
+"""Running the programs runsc-cuda calls itself: bounded output, timeouts, no shell.
+
+Everything from inside the sandbox (``runsc ps``/``exec`` output) is untrusted:
+output is read up to a limit and the rest discarded; argv is a list, never a
+shell string.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int | None  # None: still running when abandoned after the timeout
+    stdout: bytes
+    stderr: bytes
+    duration: float
+    timed_out: bool = False
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+    def error_text(self, limit: int = 300) -> str:
+        """The first line of stderr (or stdout), shortened, for messages."""
+        for blob in (self.stderr, self.stdout):
+            for line in blob.decode("utf-8", errors="replace").splitlines():
+                line = line.strip()
+                if line:
+                    return line[:limit]
+        return ""
+
+    def describe(self) -> str:
+        if self.timed_out:
+            return "timed out"
+        detail = self.error_text()
+        code = self.returncode
+        status = f"exit status {code}" if code is not None and code >= 0 else f"killed by signal {-(code or 0)}"
+        return f"{status}: {detail}" if detail else status
+
+
+def _drain(stream: object, limit: int, sink: list[bytes], truncated: list[bool]) -> None:
+    kept = 0
+    read = stream.read  # type: ignore[attr-defined]
+    while True:
+        chunk = read(65536)
+        if not chunk:
+            break
+        if kept < limit:
+            piece = chunk[: limit - kept]
+            sink.append(piece)
+            kept += len(piece)
+            if len(piece) < len(chunk):
+                truncated[0] = True
+        else:
+            truncated[0] = True
+
+
+class Runner:
+    """Starts programs with a timeout and bounded output.
+
+    ``kill_on_timeout`` False leaves a timed-out program running (it is
+    abandoned, never killed): runsc-cuda must never SIGKILL a cuda-checkpoint
+    mid-operation.  The caller gets ``returncode None`` and can ``reap`` later.
+    """
+
+    def __init__(self, environ: Mapping[str, str], max_output: int = 1 << 20) -> None:
+        self.environ = dict(environ)
+        self.max_output = max_output
+        self._abandoned: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        stdin: bytes | None = None,
+        kill_on_timeout: bool = True,
+    ) -> Result:
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self.environ,
+                close_fds=True,
+            )
+        except OSError as e:
+            return Result(tuple(argv), 127, b"", f"cannot execute {argv[0]}: {e.strerror}".encode(), 0.0)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        truncated = [False]
+        readers = [
+            threading.Thread(target=_drain, args=(proc.stdout, self.max_output, out, truncated), daemon=True),
+            threading.Thread(target=_drain, args=(proc.stderr, self.max_output, err, truncated), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        if stdin is not None and proc.stdin is not None:
+            try:
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            except OSError:
+                pass
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            if kill_on_timeout:
+                proc.kill()
+                proc.wait()
+            else:
+                with self._lock:
+                    self._abandoned.append(proc)
+        if not timed_out or kill_on_timeout:
+            for reader in readers:
+                reader.join(timeout=5)
+        code = proc.returncode if not (timed_out and not kill_on_timeout) else None
+        return Result(
+            tuple(argv),
+            code,
+            b"".join(out),
+            b"".join(err),
+            time.monotonic() - start,
+            timed_out,
+            truncated[0],
+        )
+
+    def abandoned(self) -> int:
+        with self._lock:
+            self._abandoned = [p for p in self._abandoned if p.poll() is None]
+            return len(self._abandoned)
+
+    def reap(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for abandoned programs; return how many still run."""
+        deadline = time.monotonic() + grace
+        while self.abandoned() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.abandoned()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

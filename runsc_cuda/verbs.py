@@ -1,0 +1,180 @@
+"""The verbs runsc-cuda intercepts, as data: which flags runsc takes, and what
+becomes of the runc flags that Docker, containerd and Kubernetes may pass.
+
+runsc dies with exit 128 on a flag it does not know; runc callers pass CRIU
+tuning flags that mean nothing to gVisor's whole-sandbox save.  ``translate``
+drops those, refuses the ones whose meaning runsc cannot honour, and renames
+runc's short forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from runsc_cuda.argv import Flag, VerbArgs, VerbFlags
+from runsc_cuda.errors import ShimError
+
+_HELP = frozenset({"h", "help"})
+
+# What runsc (release-20260817) accepts, per verb (`runsc help VERB`).
+RUNSC_FLAGS: dict[str, VerbFlags] = {
+    "create": VerbFlags(
+        _HELP | {"fs-restore-direct"},
+        frozenset({"bundle", "console-socket", "pid-file", "user-log", "fs-restore-image-path"}),
+    ),
+    "run": VerbFlags(
+        _HELP | {"detach", "fs-restore-direct"},
+        frozenset({"bundle", "console-socket", "pid-file", "user-log", "fs-restore-image-path", "exec-fd", "pass-fd"}),
+    ),
+    "restore": VerbFlags(
+        _HELP | {"background", "detach", "direct", "fs-restore-direct", "no-subreaper"},
+        frozenset(
+            {
+                "bundle",
+                "console-socket",
+                "pid-file",
+                "user-log",
+                "fs-restore-image-path",
+                "image-path",
+                "work-path",
+            }
+        ),
+    ),
+    "checkpoint": VerbFlags(
+        _HELP | {"leave-running", "exclude-committed-zero-pages", "direct", "cuda-checkpoint-sequential"},
+        frozenset(
+            {
+                "image-path",
+                "compression",
+                "cuda-checkpoint-path",
+                "save-restore-exec-argv",
+                "save-restore-exec-timeout",
+                "work-path",
+            }
+        ),
+    ),
+}
+
+# runc's flags that runsc lacks (runc 1.1 `runc VERB --help`).
+RUNC_ONLY: dict[str, VerbFlags] = {
+    "create": VerbFlags(frozenset({"no-pivot", "no-new-keyring"}), frozenset({"b", "preserve-fds"})),
+    "run": VerbFlags(
+        frozenset({"d", "keep", "no-subreaper", "no-pivot", "no-new-keyring"}),
+        frozenset({"b", "preserve-fds"}),
+    ),
+    "restore": VerbFlags(
+        frozenset(
+            {
+                "d",
+                "tcp-established",
+                "ext-unix-sk",
+                "shell-job",
+                "file-locks",
+                "no-pivot",
+                "auto-dedup",
+                "lazy-pages",
+            }
+        ),
+        frozenset({"b", "manage-cgroups-mode", "empty-ns", "lsm-profile", "lsm-mount-context"}),
+    ),
+    "checkpoint": VerbFlags(
+        frozenset(
+            {
+                "tcp-established",
+                "ext-unix-sk",
+                "shell-job",
+                "file-locks",
+                "pre-dump",
+                "lazy-pages",
+                "auto-dedup",
+            }
+        ),
+        frozenset({"parent-path", "status-fd", "page-server", "manage-cgroups-mode", "empty-ns"}),
+    ),
+}
+
+# CRIU tuning that gVisor's whole-sandbox save makes meaningless: dropped.
+DROPPED: dict[str, frozenset[str]] = {
+    "create": frozenset({"no-pivot", "no-new-keyring"}),
+    "run": frozenset({"no-pivot", "no-new-keyring", "no-subreaper"}),
+    "restore": frozenset(
+        {
+            "tcp-established",
+            "ext-unix-sk",
+            "shell-job",
+            "file-locks",
+            "empty-ns",
+            "manage-cgroups-mode",
+            "no-pivot",
+            "no-new-keyring",
+            "auto-dedup",
+        }
+    ),
+    "checkpoint": frozenset(
+        {"tcp-established", "ext-unix-sk", "shell-job", "file-locks", "empty-ns", "manage-cgroups-mode", "auto-dedup"}
+    ),
+}
+
+# Flags whose meaning runsc cannot honour: refused with the reason.
+REFUSED: dict[str, Mapping[str, str]] = {
+    "create": {},
+    "run": {"keep": "runsc cannot keep a container after it exits"},
+    "restore": {
+        "lazy-pages": "gVisor restores the whole sandbox image; CRIU lazy pages do not exist",
+        "lsm-profile": "runsc cannot apply a host LSM profile to a restored sandbox",
+        "lsm-mount-context": "runsc cannot apply a host LSM mount context",
+    },
+    "checkpoint": {
+        "pre-dump": "gVisor saves the whole sandbox; there are no incremental pre-dumps",
+        "lazy-pages": "gVisor saves the whole sandbox image; CRIU lazy pages do not exist",
+        "parent-path": "gVisor images are not incremental; there is no parent image",
+        "page-server": "runsc writes images to --image-path only; there is no page server",
+        "status-fd": "runsc has no CRIU status file descriptor",
+    },
+}
+
+# runc's short forms and the runsc flag they mean.
+ALIASES: dict[str, str] = {"b": "bundle", "d": "detach"}
+
+
+def known_flags(verb: str) -> VerbFlags:
+    """Every flag a runc or runsc caller may pass to ``verb``, with its arity."""
+    ours, theirs = RUNSC_FLAGS[verb], RUNC_ONLY[verb]
+    return VerbFlags(ours.bools | theirs.bools, ours.values | theirs.values)
+
+
+@dataclass(frozen=True)
+class Translation:
+    """runsc's flags for a runc-style call, and what was dropped on the way."""
+
+    args: VerbArgs
+    dropped: tuple[Flag, ...] = field(default_factory=tuple)
+    renamed: tuple[tuple[Flag, Flag], ...] = field(default_factory=tuple)
+
+
+def translate(verb: str, args: VerbArgs) -> Translation:
+    """Make a runc-style verb call acceptable to runsc, or refuse it."""
+    kept: list[Flag] = []
+    dropped: list[Flag] = []
+    renamed: list[tuple[Flag, Flag]] = []
+    for flag in args.flags:
+        if flag.name in REFUSED[verb]:
+            raise ShimError(f"{verb} --{flag.name} is not supported under gVisor: {REFUSED[verb][flag.name]}")
+        if flag.name == "preserve-fds":
+            if (flag.value or "0").strip() not in ("0", ""):
+                raise ShimError(
+                    f"{verb} --preserve-fds={flag.value} is not supported: runsc does not pass extra file descriptors"
+                )
+            dropped.append(flag)
+            continue
+        if flag.name in DROPPED[verb]:
+            dropped.append(flag)
+            continue
+        if flag.name in ALIASES and ALIASES[flag.name] in (RUNSC_FLAGS[verb].bools | RUNSC_FLAGS[verb].values):
+            new = Flag.make(ALIASES[flag.name], flag.value)
+            renamed.append((flag, new))
+            kept.append(new)
+            continue
+        kept.append(flag)
+    return Translation(VerbArgs(tuple(kept), args.args), tuple(dropped), tuple(renamed))

@@ -1,0 +1,101 @@
+"""Shared fixtures: the fake runsc and cuda-checkpoint, bundles from real Docker fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import fakes
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(os.environ.get("RUNSC_CUDA_FIXTURES", REPO.parent / "shared" / "fixtures" / "docker-bundles"))
+if not FIXTURES.is_dir():
+    FIXTURES = REPO / "tests" / "fixtures" / "docker-bundles"
+
+
+def fixture_spec(name: str) -> dict[str, Any]:
+    """A config.json that Docker wrote for a real container (see shared/fixtures)."""
+    with open(FIXTURES / f"{name}.json") as f:
+        return dict(json.load(f))
+
+
+@dataclass
+class Shim:
+    """runsc-cuda over the fake runsc, in a private root, with its own config."""
+
+    tmp: Path
+    bin: Path
+    root: Path
+    env: dict[str, str]
+    fakes: dict[str, str]
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "runsc_cuda"])
+
+    def bundle(self, name: str = "plain", spec: dict[str, Any] | None = None, raw: bytes | None = None) -> Path:
+        folder = self.tmp / "bundles" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        if raw is not None:
+            (folder / "config.json").write_bytes(raw)
+        else:
+            doc = spec if spec is not None else fixture_spec("plain")
+            (folder / "config.json").write_text(json.dumps(doc, separators=(",", ":")))
+        return folder
+
+    def run(
+        self, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 60, **kw: Any
+    ) -> subprocess.CompletedProcess[bytes]:
+        full_env = dict(self.env)
+        full_env.update(env or {})
+        return subprocess.run(
+            [*self.command, "--root", str(self.root), *args],
+            input=stdin,
+            capture_output=True,
+            env=full_env,
+            timeout=timeout,
+            check=False,
+            **kw,
+        )
+
+    def calls(self) -> list[dict[str, Any]]:
+        path = self.root / "calls.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def runsc_argvs(self) -> list[list[str]]:
+        return [c["argv"] for c in self.calls()]
+
+    def write_config(self, text: str) -> Path:
+        path = self.tmp / "config.toml"
+        path.write_text(text)
+        self.env["RUNSC_CUDA_CONFIG"] = str(path)
+        return path
+
+
+@pytest.fixture
+def shim(tmp_path: Path) -> Iterator[Shim]:
+    bin_dir = tmp_path / "bin"
+    paths = fakes.install(str(bin_dir))
+    root = tmp_path / "root"
+    env = {
+        "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "RUNSC_CUDA_CONFIG": str(tmp_path / "no-config.toml"),
+        "RUNSC_CUDA_CUDA_CHECKPOINT": paths["cuda-checkpoint"],
+        "RUNSC_CUDA_NVPROXY": "true",
+        "RUNSC_CUDA_STATE_DIR": str(tmp_path / "state"),
+        "HOME": str(tmp_path),
+    }
+    (tmp_path / "no-config.toml").write_text("")
+    yield Shim(tmp_path, bin_dir, root, env, paths)
+    shutil.rmtree(tmp_path / "state", ignore_errors=True)
