@@ -55,6 +55,8 @@ def _simple_toml_string(text: str) -> str | None:
         return None
     if tail and not tail.startswith("#"):
         return None
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        return None  # TOML forbids control characters: let the real parser say so
     return value
 
 

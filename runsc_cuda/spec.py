@@ -58,7 +58,7 @@ def read(bundle: str) -> Bundle:
     except OSError as e:
         raise ShimError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ShimError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
