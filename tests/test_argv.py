@@ -11,28 +11,68 @@ DOCKER = ["--root", "/var/run/docker/runtime-runc/moby", "--log", "/b/log.json",
 
 # (command line after the program name, expected verb, expected positional args after verb flags)
 REAL_CALLS = [
-    (DOCKER + ["create", "--bundle", "/b", "--pid-file", "/b/init.pid", "--console-socket", "/s.sock", "c1"], "create"),
-    (DOCKER + ["create", "--bundle", "/b", "--pid-file", "/b/init.pid", "c1"], "create"),
-    (DOCKER + ["start", "c1"], "start"),
-    (DOCKER + ["state", "c1"], "state"),
-    (DOCKER + ["kill", "c1", "15"], "kill"),
-    (DOCKER + ["delete", "--force", "c1"], "delete"),
-    (DOCKER + ["pause", "c1"], "pause"),
-    (DOCKER + ["resume", "c1"], "resume"),
-    (DOCKER + ["ps", "--format", "json", "c1"], "ps"),
-    (DOCKER + ["update", "--resources", "-", "c1"], "update"),
-    (DOCKER + ["exec", "--process", "/tmp/runc-process1", "--console-socket", "/s", "--detach",
-               "--pid-file", "/p", "c1"], "exec"),
-    (DOCKER + ["checkpoint", "--image-path", "/tmp/ctd-checkpoint1", "--work-path", "/b/work/criu-work",
-               "--leave-running", "c1"], "checkpoint"),
-    (DOCKER + ["restore", "--image-path", "/tmp/ctrd-checkpoint1", "--work-path", "/b/work", "--detach",
-               "--pid-file", "/b/init.pid", "-no-subreaper", "--bundle", "/b", "c1"], "restore"),
+    ([*DOCKER, "create", "--bundle", "/b", "--pid-file", "/b/init.pid", "--console-socket", "/s.sock", "c1"], "create"),
+    ([*DOCKER, "create", "--bundle", "/b", "--pid-file", "/b/init.pid", "c1"], "create"),
+    ([*DOCKER, "start", "c1"], "start"),
+    ([*DOCKER, "state", "c1"], "state"),
+    ([*DOCKER, "kill", "c1", "15"], "kill"),
+    ([*DOCKER, "delete", "--force", "c1"], "delete"),
+    ([*DOCKER, "pause", "c1"], "pause"),
+    ([*DOCKER, "resume", "c1"], "resume"),
+    ([*DOCKER, "ps", "--format", "json", "c1"], "ps"),
+    ([*DOCKER, "update", "--resources", "-", "c1"], "update"),
+    (
+        [
+            *DOCKER,
+            "exec",
+            "--process",
+            "/tmp/runc-process1",
+            "--console-socket",
+            "/s",
+            "--detach",
+            "--pid-file",
+            "/p",
+            "c1",
+        ],
+        "exec",
+    ),
+    (
+        [
+            *DOCKER,
+            "checkpoint",
+            "--image-path",
+            "/tmp/ctd-checkpoint1",
+            "--work-path",
+            "/b/work/criu-work",
+            "--leave-running",
+            "c1",
+        ],
+        "checkpoint",
+    ),
+    (
+        [
+            *DOCKER,
+            "restore",
+            "--image-path",
+            "/tmp/ctrd-checkpoint1",
+            "--work-path",
+            "/b/work",
+            "--detach",
+            "--pid-file",
+            "/b/init.pid",
+            "-no-subreaper",
+            "--bundle",
+            "/b",
+            "c1",
+        ],
+        "restore",
+    ),
     (["--runtimeArg=1", "--systemd-cgroup", "--root", "/r", "state", "c1"], "state"),
     (["--debug", "--debug-log", "/tmp/d/", "--strace", "create", "c1"], "create"),
 ]
 
 
-@pytest.mark.parametrize("tokens,verb", REAL_CALLS, ids=[" ".join(t[len(DOCKER):][:2]) for t, _ in REAL_CALLS])
+@pytest.mark.parametrize("tokens,verb", REAL_CALLS, ids=[" ".join(t[len(DOCKER) :][:2]) for t, _ in REAL_CALLS])
 def test_real_docker_and_containerd_calls_round_trip_and_find_the_verb(tokens: list[str], verb: str) -> None:
     cmd = parse(["runsc-cuda", *tokens])
     assert cmd.verb == verb
@@ -97,8 +137,24 @@ def test_bad_flag_syntax_is_an_argv_error(bad: list[str]) -> None:
 
 
 def test_verb_flags_split_from_the_container_id() -> None:
-    cmd = parse(["x", *DOCKER, "restore", "--image-path", "/i", "--work-path", "/w", "--detach",
-                 "--pid-file", "/p", "-no-subreaper", "--bundle", "/b", "c1"])
+    cmd = parse(
+        [
+            "x",
+            *DOCKER,
+            "restore",
+            "--image-path",
+            "/i",
+            "--work-path",
+            "/w",
+            "--detach",
+            "--pid-file",
+            "/p",
+            "-no-subreaper",
+            "--bundle",
+            "/b",
+            "c1",
+        ]
+    )
     args = parse_verb_args(cmd.rest, known_flags("restore"))
     assert args.args == ("c1",)
     assert args.value("image-path") == "/i"

@@ -9,8 +9,9 @@ import signal
 import subprocess
 import time
 
-from conftest import Shim, fixture_spec
 from runsc_cuda import spec
+
+from conftest import Shim, fixture_spec
 
 
 def big_gpu_spec() -> dict:
@@ -28,9 +29,12 @@ def test_sigkill_during_patch_leaves_old_or_new_never_half(shim: Shim) -> None:
     outcomes = {"old": 0, "new": 0}
     for attempt in range(25):
         bundle = shim.bundle(f"big{attempt}", raw=old)
-        proc = subprocess.Popen([*shim.command, "--root", str(shim.root), "create", "--bundle", str(bundle),
-                                 f"c{attempt}"], env=shim.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*shim.command, "--root", str(shim.root), "create", "--bundle", str(bundle), f"c{attempt}"],
+            env=shim.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(0.05, 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Shim, fixture_spec
 from runsc_cuda import spec
 from runsc_cuda.errors import ShimError
 from runsc_cuda.runtime import resolve_runsc
+
+from conftest import Shim, fixture_spec
 
 
 def assert_clean_failure(out: subprocess.CompletedProcess[bytes], *needles: str) -> str:
@@ -66,8 +67,7 @@ def bad_type_cases() -> list[tuple[str, object, str]]:
         ("linux.devices", devices_not_list, "config.json: linux.devices: expected an array"),
         ("linux.devices[0]", device_without_path, "config.json: linux.devices[0]: missing required field 'path'"),
         ("hooks.prestart[0].path", hook_path_not_string, "config.json: hooks.prestart[0].path: expected a string"),
-        ("annotations", annotation_not_string,
-         "config.json: annotations['dev.runsc-cuda.gpu']: expected a string"),
+        ("annotations", annotation_not_string, "config.json: annotations['dev.runsc-cuda.gpu']: expected a string"),
         ("mounts", mounts_not_list, "config.json: mounts: expected an array"),
         ("mounts[0].options", mount_options_not_strings, "config.json: mounts[0].options: expected an array"),
     ]
@@ -98,14 +98,18 @@ def test_a_bundle_without_config_json(shim: Shim) -> None:
     assert_clean_failure(shim.run("create", "--bundle", str(folder), "c1"), "config.json: no such file")
 
 
-@pytest.mark.parametrize("raw,needle", [
-    (b"{not json", "invalid JSON at line 1 column 2"),
-    (b"", "invalid JSON"),
-    (b"\xff\xfe{}", "not UTF-8"),
-    (b"[1, 2]", "config.json: expected an object"),
-    (b"null", "config.json: expected an object"),
-    (b"[" * 100000, "nested too deeply"),
-], ids=["syntax", "empty", "binary", "array", "null", "deep"])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        (b"{not json", "invalid JSON at line 1 column 2"),
+        (b"", "invalid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[1, 2]", "config.json: expected an object"),
+        (b"null", "config.json: expected an object"),
+        (b"[" * 100000, "nested too deeply"),
+    ],
+    ids=["syntax", "empty", "binary", "array", "null", "deep"],
+)
 def test_unparseable_config_json_is_refused_and_untouched(shim: Shim, raw: bytes, needle: str) -> None:
     bundle = shim.bundle("bad", raw=raw)
     out = shim.run("create", "--bundle", str(bundle), "c1")
@@ -124,7 +128,7 @@ def test_an_unreadable_config_json_is_a_clear_error(tmp_path: Path, monkeypatch:
         return real_open(path, *args, **kw)  # type: ignore[call-overload]
 
     monkeypatch.setattr("builtins.open", deny)
-    with pytest.raises(ShimError, match="config.json: cannot read: Permission denied"):
+    with pytest.raises(ShimError, match=r"config\.json: cannot read: Permission denied"):
         spec.read(str(tmp_path))
 
 
@@ -150,13 +154,17 @@ def test_runsc_that_is_runsc_cuda_itself_is_refused(shim: Shim, tmp_path: Path) 
         resolve_runsc(str(link), None, me=os.path.realpath(script))
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("engine = 'warp'", "engine: expected one of auto, native, exec"),
-    ("nvproxy = 'yes'", "nvproxy: expected true or false"),
-    ("lock_timeout_ms = -1", "lock_timeout_ms: must be greater than 0"),
-    ("no_such_key = 1", "unknown key 'no_such_key'"),
-    ("engine = ", "invalid TOML"),
-], ids=["engine", "bool", "negative", "unknown", "syntax"])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("engine = 'warp'", "engine: expected one of auto, native, exec"),
+        ("nvproxy = 'yes'", "nvproxy: expected true or false"),
+        ("lock_timeout_ms = -1", "lock_timeout_ms: must be greater than 0"),
+        ("no_such_key = 1", "unknown key 'no_such_key'"),
+        ("engine = ", "invalid TOML"),
+    ],
+    ids=["engine", "bool", "negative", "unknown", "syntax"],
+)
 def test_an_invalid_config_file_is_a_clear_error(shim: Shim, text: str, needle: str) -> None:
     config = shim.write_config(text)
     bundle = shim.bundle("gpu", gpu_doc())

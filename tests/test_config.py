@@ -47,34 +47,66 @@ def test_the_readme_documents_every_key() -> None:
     assert not missing, f"README.md does not document: {missing}"
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("", None),
-    ('runsc = "/usr/bin/runsc"', "/usr/bin/runsc"),
-    ("runsc = '/opt/g vis/runsc'  # literal", "/opt/g vis/runsc"),
-    ('# runsc = "/commented"\nengine = "exec"', None),
-    ('engine = "exec"\n[table]\nrunsc = "/in/a/table"', None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("", None),
+        ('runsc = "/usr/bin/runsc"', "/usr/bin/runsc"),
+        ("runsc = '/opt/g vis/runsc'  # literal", "/opt/g vis/runsc"),
+        ('# runsc = "/commented"\nengine = "exec"', None),
+        ('engine = "exec"\n[table]\nrunsc = "/in/a/table"', None),
+    ],
+)
 def test_fast_runsc_read_agrees_with_toml(text: str, expected: str | None) -> None:
     sure, value = fast_config_runsc(text)
     assert sure
     assert value == expected == tomllib.loads(text).get("runsc")
 
 
-@pytest.mark.parametrize("text", [
-    'runsc = "a\\tb"', 'runsc = """multi\nline"""', '"runsc" = "/x"', "runsc.x = 1", 'runsc = ["x"]',
-    "runsc = 1", 'runsc = "/a"\nrunsc = "/b"', "foo = [\n 1,\n]",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        'runsc = "a\\tb"',
+        'runsc = """multi\nline"""',
+        '"runsc" = "/x"',
+        "runsc.x = 1",
+        'runsc = ["x"]',
+        "runsc = 1",
+        'runsc = "/a"\nrunsc = "/b"',
+        "foo = [\n 1,\n]",
+    ],
+)
 def test_fast_runsc_read_defers_to_tomllib_when_unsure(text: str) -> None:
     assert fast_config_runsc(text) == (False, None)
 
 
 _lines = st.one_of(
-    st.sampled_from([
-        "", "# comment", "  # indented comment", 'engine = "exec"', "nvproxy = false", "lock_timeout_ms = 10",
-        "[section]", 'x = "runsc = \'/fake\'"', "runsc = 'lit'", 'runsc = "/usr/bin/runsc" # trailing',
-        'runsc = "esc\\"aped"', "runsc='tight'", 'runsc = ""', "runsc = '' # empty", 'key = """', "arr = [",
-        "]", "'''", 'runsc ="/x"', "runsc = '/x' extra", 'runsc = "/x"', "\truns = 1",
-    ]),
+    st.sampled_from(
+        [
+            "",
+            "# comment",
+            "  # indented comment",
+            'engine = "exec"',
+            "nvproxy = false",
+            "lock_timeout_ms = 10",
+            "[section]",
+            "x = \"runsc = '/fake'\"",
+            "runsc = 'lit'",
+            'runsc = "/usr/bin/runsc" # trailing',
+            'runsc = "esc\\"aped"',
+            "runsc='tight'",
+            'runsc = ""',
+            "runsc = '' # empty",
+            'key = """',
+            "arr = [",
+            "]",
+            "'''",
+            'runsc ="/x"',
+            "runsc = '/x' extra",
+            'runsc = "/x"',
+            "\truns = 1",
+        ]
+    ),
     st.builds(lambda v: f'runsc = "{v}"', st.text(alphabet=st.characters(blacklist_characters='"\\\n\r'), max_size=12)),
 )
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Shim, fixture_spec
 from runsc_cuda import logs
+
+from conftest import Shim, fixture_spec
 
 
 def test_runtime_log_lines_are_runc_json_objects(tmp_path: Path) -> None:

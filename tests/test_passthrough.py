@@ -65,8 +65,9 @@ def test_an_inherited_file_descriptor_reaches_runsc(shim: Shim) -> None:
 
 
 def test_runsc_replaces_runsc_cuda_in_the_same_process(shim: Shim) -> None:
-    proc = subprocess.Popen([*shim.command, "--root", str(shim.root), "list"], env=shim.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*shim.command, "--root", str(shim.root), "list"], env=shim.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.communicate(timeout=30)
     assert shim.calls()[-1]["pid"] == proc.pid
 
@@ -84,8 +85,13 @@ def test_version_prints_ours_then_runscs(shim: Shim) -> None:
 
 
 def test_the_console_entry_point_module_runs(shim: Shim) -> None:
-    out = subprocess.run([sys.executable, "-c", "import runsc_cuda.cli as c; import sys; sys.argv=['x','list']; c.main()"],
-                         env={**shim.env, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=30, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", "import runsc_cuda.cli as c; import sys; sys.argv=['x','list']; c.main()"],
+        env={**shim.env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -97,9 +103,18 @@ def test_the_pass_through_path_imports_nothing_heavy(module: str, tmp_path: obje
         "from runsc_cuda.cli import main\n"
         "main(['runsc-cuda', '--root', '/r', 'state', 'c1'])\n"
     )
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, timeout=30, check=False,
-                         env={"PYTHONPATH": str(REPO), "RUNSC_CUDA_RUNSC": "/bin/true", "PATH": "/usr/bin:/bin",
-                              "RUNSC_CUDA_CONFIG": os.devnull})
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env={
+            "PYTHONPATH": str(REPO),
+            "RUNSC_CUDA_RUNSC": "/bin/true",
+            "PATH": "/usr/bin:/bin",
+            "RUNSC_CUDA_CONFIG": os.devnull,
+        },
+    )
     assert out.returncode == 0, out.stderr
     assert module not in out.stdout.decode().split()
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from conftest import Shim, fixture_spec
 from runsc_cuda import spec
+
+from conftest import Shim, fixture_spec
 
 GPU_ANNOTATIONS = {"test.fake-runsc/pids": "1,7", "test.fake-runsc/cuda-pids": "7"}
 
@@ -34,6 +35,7 @@ def runsc_call(shim: Shim, verb: str) -> list[str]:
 
 
 # --- pure patch ---------------------------------------------------------------------
+
 
 def test_patch_adds_one_read_only_bind_mount_with_fixed_options() -> None:
     out = spec.patch(gpu_spec(), "/usr/bin/cuda-checkpoint")
@@ -65,8 +67,14 @@ def test_patch_keeps_unknown_fields_and_their_order() -> None:
 
 def test_a_foreign_mount_at_the_destination_is_not_replaced() -> None:
     doc = gpu_spec()
-    doc["mounts"].append({"destination": "/usr/local/bin/cuda-checkpoint", "type": "bind",
-                          "source": "/opt/mine", "options": ["rbind", "rw"]})
+    doc["mounts"].append(
+        {
+            "destination": "/usr/local/bin/cuda-checkpoint",
+            "type": "bind",
+            "source": "/opt/mine",
+            "options": ["rbind", "rw"],
+        }
+    )
     out = spec.patch(doc, "/usr/bin/cuda-checkpoint")
     assert out.doc is None
     assert "does not replace" in out.notes[0]
@@ -81,6 +89,7 @@ def test_patch_is_pure() -> None:
 
 # --- through the CLI ----------------------------------------------------------------------
 
+
 def test_a_gpu_bundle_gets_the_mount_and_runsc_gets_nvproxy(shim: Shim) -> None:
     bundle = shim.bundle("gpu", gpu_spec())
     out = shim.run("create", "--bundle", str(bundle), "c1")
@@ -88,22 +97,43 @@ def test_a_gpu_bundle_gets_the_mount_and_runsc_gets_nvproxy(shim: Shim) -> None:
     assert [m["source"] for m in mounts_at_dest(bundle)] == [shim.fakes["cuda-checkpoint"]]
     argv = runsc_call(shim, "create")
     assert "--nvproxy=true" in argv[: argv.index("create")]
-    assert argv[argv.index("create"):] == ["create", "--bundle", str(bundle), "c1"]
+    assert argv[argv.index("create") :] == ["create", "--bundle", str(bundle), "c1"]
 
 
 def test_a_non_gpu_bundle_stays_byte_identical_and_runsc_gets_the_same_argv(shim: Shim) -> None:
     raw = json.dumps(fixture_spec("plain"), indent=3).encode() + b"\n\n"
     bundle = shim.bundle("plain", raw=raw)
     st = os.stat(bundle / "config.json")
-    out = shim.run("--log", str(bundle / "log.json"), "--log-format", "json",
-                   "create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"), "c1")
+    out = shim.run(
+        "--log",
+        str(bundle / "log.json"),
+        "--log-format",
+        "json",
+        "create",
+        "--bundle",
+        str(bundle),
+        "--pid-file",
+        str(bundle / "init.pid"),
+        "c1",
+    )
     assert out.returncode == 0, out.stderr
     assert (bundle / "config.json").read_bytes() == raw
     assert os.stat(bundle / "config.json").st_mtime_ns == st.st_mtime_ns
     assert os.stat(bundle / "config.json").st_ino == st.st_ino
-    assert runsc_call(shim, "create") == ["--root", str(shim.root), "--log", str(bundle / "log.json"),
-                                          "--log-format", "json", "create", "--bundle", str(bundle),
-                                          "--pid-file", str(bundle / "init.pid"), "c1"]
+    assert runsc_call(shim, "create") == [
+        "--root",
+        str(shim.root),
+        "--log",
+        str(bundle / "log.json"),
+        "--log-format",
+        "json",
+        "create",
+        "--bundle",
+        str(bundle),
+        "--pid-file",
+        str(bundle / "init.pid"),
+        "c1",
+    ]
 
 
 def test_env_alone_does_not_make_a_gpu_container(shim: Shim) -> None:

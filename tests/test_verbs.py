@@ -7,6 +7,7 @@ import pytest
 from runsc_cuda.argv import parse_verb_args
 from runsc_cuda.errors import ShimError
 from runsc_cuda.verbs import known_flags, translate
+
 from tests_support import fake_accepts
 
 KEPT = [
@@ -16,19 +17,34 @@ KEPT = [
 ]
 
 DROPPED = [
-    ("checkpoint", "--tcp-established"), ("checkpoint", "--ext-unix-sk"), ("checkpoint", "--shell-job"),
-    ("checkpoint", "--file-locks"), ("checkpoint", "--empty-ns=network"),
+    ("checkpoint", "--tcp-established"),
+    ("checkpoint", "--ext-unix-sk"),
+    ("checkpoint", "--shell-job"),
+    ("checkpoint", "--file-locks"),
+    ("checkpoint", "--empty-ns=network"),
     ("checkpoint", "--manage-cgroups-mode=soft"),
-    ("restore", "--tcp-established"), ("restore", "--ext-unix-sk"), ("restore", "--shell-job"),
-    ("restore", "--file-locks"), ("restore", "--empty-ns=network"), ("restore", "--manage-cgroups-mode=soft"),
-    ("restore", "--no-pivot"), ("create", "--no-pivot"), ("create", "--no-new-keyring"),
-    ("create", "--preserve-fds=0"), ("run", "--no-pivot"),
+    ("restore", "--tcp-established"),
+    ("restore", "--ext-unix-sk"),
+    ("restore", "--shell-job"),
+    ("restore", "--file-locks"),
+    ("restore", "--empty-ns=network"),
+    ("restore", "--manage-cgroups-mode=soft"),
+    ("restore", "--no-pivot"),
+    ("create", "--no-pivot"),
+    ("create", "--no-new-keyring"),
+    ("create", "--preserve-fds=0"),
+    ("run", "--no-pivot"),
 ]
 
 REFUSED = [
-    ("checkpoint", "--pre-dump"), ("checkpoint", "--lazy-pages"), ("checkpoint", "--parent-path=/p"),
-    ("checkpoint", "--page-server=1.2.3.4:9"), ("checkpoint", "--status-fd=3"),
-    ("restore", "--lazy-pages"), ("create", "--preserve-fds=2"), ("run", "--preserve-fds=1"),
+    ("checkpoint", "--pre-dump"),
+    ("checkpoint", "--lazy-pages"),
+    ("checkpoint", "--parent-path=/p"),
+    ("checkpoint", "--page-server=1.2.3.4:9"),
+    ("checkpoint", "--status-fd=3"),
+    ("restore", "--lazy-pages"),
+    ("create", "--preserve-fds=2"),
+    ("run", "--preserve-fds=1"),
 ]
 
 

@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakes"))
 
-import fake_runsc  # noqa: E402
+import fake_runsc
 
 
 def fake_accepts(verb: str, tokens: list[str]) -> bool:
