@@ -69,6 +69,8 @@ def patch_bundle(session: Session, bundle_path: str, cid: str | None) -> spec.Gp
     for note in result.notes:
         if "does not replace" in note:
             report.warning(f"GPU container {cid}: {note}")
+        elif result.doc is None:
+            report.debug(f"GPU container {cid}: {note}", container=cid)
         else:
             report.info(f"GPU container {cid} ({gpu.reason}): {note}", container=cid)
     return gpu

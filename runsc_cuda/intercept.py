@@ -17,11 +17,23 @@ def _create(session: Session) -> int:
     return create.handle(session)
 
 
+def _checkpoint(session: Session) -> int:
+    from runsc_cuda import checkpoint
+
+    return checkpoint.handle(session)
+
+
+def _restore(session: Session) -> int:
+    from runsc_cuda import restore
+
+    return restore.handle(session)
+
+
 HANDLERS: dict[str, Callable[[Session], int]] = {
     "create": _create,
     "run": _create,
-    "restore": _create,
-    "checkpoint": _create,
+    "restore": _restore,
+    "checkpoint": _checkpoint,
 }
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 
 @dataclass(frozen=True)
@@ -50,21 +52,10 @@ class Result:
         return f"{status}: {detail}" if detail else status
 
 
-def _drain(stream: object, limit: int, sink: list[bytes], truncated: list[bool]) -> None:
-    kept = 0
-    read = stream.read  # type: ignore[attr-defined]
-    while True:
-        chunk = read(65536)
-        if not chunk:
-            break
-        if kept < limit:
-            piece = chunk[: limit - kept]
-            sink.append(piece)
-            kept += len(piece)
-            if len(piece) < len(chunk):
-                truncated[0] = True
-        else:
-            truncated[0] = True
+def _read_bounded(f: IO[bytes], limit: int) -> tuple[bytes, bool]:
+    f.seek(0)
+    data = f.read(limit + 1)
+    return data[:limit], len(data) > limit
 
 
 class Runner:
@@ -79,6 +70,7 @@ class Runner:
         self.environ = dict(environ)
         self.max_output = max_output
         self._abandoned: list[subprocess.Popen[bytes]] = []
+
         self._lock = threading.Lock()
 
     def run(
@@ -88,57 +80,43 @@ class Runner:
         stdin: bytes | None = None,
         kill_on_timeout: bool = True,
     ) -> Result:
+        """Run ``argv`` (no shell); output goes to anonymous temp files, so a program
+        that outlives the call (abandoned after its timeout) never writes into a
+        closed pipe."""
         start = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=self.environ,
-                close_fds=True,
-            )
-        except OSError as e:
-            return Result(tuple(argv), 127, b"", f"cannot execute {argv[0]}: {e.strerror}".encode(), 0.0)
-        out: list[bytes] = []
-        err: list[bytes] = []
-        truncated = [False]
-        readers = [
-            threading.Thread(target=_drain, args=(proc.stdout, self.max_output, out, truncated), daemon=True),
-            threading.Thread(target=_drain, args=(proc.stderr, self.max_output, err, truncated), daemon=True),
-        ]
-        for reader in readers:
-            reader.start()
-        if stdin is not None and proc.stdin is not None:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                proc.stdin.write(stdin)
-                proc.stdin.close()
-            except OSError:
-                pass
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            if kill_on_timeout:
-                proc.kill()
-                proc.wait()
-            else:
-                with self._lock:
-                    self._abandoned.append(proc)
-        if not timed_out or kill_on_timeout:
-            for reader in readers:
-                reader.join(timeout=5)
-        code = proc.returncode if not (timed_out and not kill_on_timeout) else None
-        return Result(
-            tuple(argv),
-            code,
-            b"".join(out),
-            b"".join(err),
-            time.monotonic() - start,
-            timed_out,
-            truncated[0],
-        )
+                proc = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=self.environ,
+                    close_fds=True,
+                )
+            except OSError as e:
+                return Result(tuple(argv), 127, b"", f"cannot execute {argv[0]}: {e.strerror}".encode(), 0.0)
+            if stdin is not None and proc.stdin is not None:
+                try:
+                    proc.stdin.write(stdin)
+                    proc.stdin.close()
+                except OSError:
+                    pass
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                if kill_on_timeout:
+                    proc.kill()
+                    proc.wait()
+                else:
+                    with self._lock:
+                        self._abandoned.append(proc)
+            stdout, cut_out = _read_bounded(out, self.max_output)
+            stderr, cut_err = _read_bounded(err, self.max_output)
+        code = None if (timed_out and not kill_on_timeout) else proc.returncode
+        return Result(tuple(argv), code, stdout, stderr, time.monotonic() - start, timed_out, cut_out or cut_err)
 
     def abandoned(self) -> int:
         with self._lock:

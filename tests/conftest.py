@@ -75,6 +75,63 @@ class Shim:
     def runsc_argvs(self) -> list[list[str]]:
         return [c["argv"] for c in self.calls()]
 
+    def gpu_container(
+        self,
+        cid: str,
+        pids: tuple[int, ...] = (1,),
+        cuda_pids: tuple[int, ...] = (),
+        status: str = "running",
+        doc: dict[str, Any] | None = None,
+    ) -> Path:
+        """A GPU container created and started through runsc-cuda (paused if asked)."""
+        doc = doc if doc is not None else fixture_spec("gpu-devices")
+        annotations = doc.setdefault("annotations", {})
+        annotations["test.fake-runsc/pids"] = ",".join(map(str, pids))
+        annotations["test.fake-runsc/cuda-pids"] = ",".join(map(str, cuda_pids))
+        bundle = self.bundle(cid, doc)
+        for args in (["create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"), cid], ["start", cid]):
+            out = self.run(*args)
+            assert out.returncode == 0, out.stderr
+        if status == "paused":
+            assert self.run("pause", cid).returncode == 0
+        return bundle
+
+    def cuda_states(self, cid: str) -> dict[int, str]:
+        path = self.root / cid / "cuda.json"
+        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+
+    def status(self, cid: str) -> str:
+        return str(json.loads((self.root / cid / "state.json").read_text())["status"])
+
+    def cuda_calls(self, cid: str) -> list[list[str]]:
+        path = self.root / cid / "cuda-calls.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line)["argv"] for line in path.read_text().splitlines() if line.strip()]
+
+    def docker(self, bundle: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        """A call with the global flags Docker/containerd pass (runtime log in the bundle)."""
+        return self.run("--log", str(bundle / "log.json"), "--log-format", "json", *args, **kw)
+
+    def log_entries(self, bundle: Path) -> list[dict[str, Any]]:
+        path = bundle / "log.json"
+        if not path.exists():
+            return []
+        decoder = json.JSONDecoder()
+        text, pos, out = path.read_text(), 0, []
+        while pos < len(text):  # containerd reads it as a stream of JSON values, not lines
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            if pos >= len(text):
+                break
+            obj, pos = decoder.raw_decode(text, pos)
+            out.append(obj)
+        return out
+
+    def last_error(self, bundle: Path) -> str:
+        errors = [e["msg"] for e in self.log_entries(bundle) if e.get("level") == "error"]
+        return errors[-1] if errors else ""
+
     def write_config(self, text: str) -> Path:
         path = self.tmp / "config.toml"
         path.write_text(text)
@@ -94,6 +151,8 @@ def shim(tmp_path: Path) -> Iterator[Shim]:
         "RUNSC_CUDA_CUDA_CHECKPOINT": paths["cuda-checkpoint"],
         "RUNSC_CUDA_NVPROXY": "true",
         "RUNSC_CUDA_STATE_DIR": str(tmp_path / "state"),
+        "RUNSC_CUDA_LOCK_TIMEOUT_MS": "500",
+        "RUNSC_CUDA_CUDA_CALL_TIMEOUT_S": "20",
         "HOME": str(tmp_path),
     }
     (tmp_path / "no-config.toml").write_text("")

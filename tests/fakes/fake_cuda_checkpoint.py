@@ -22,6 +22,7 @@ State lives in $FAKE_CONTAINER_DIR (set by the fake runsc's exec):
 
 Test switches (environment):
   FAKE_CUDA_DRIVER=550      a driver without --action/--get-state (only --toggle)
+  FAKE_CUDA_NO_ACTION=1     --get-state but no --action (exercises the --toggle fallback)
   FAKE_CUDA_DELAY=<s>       every call takes this long (benchmarks)
   FAKE_CUDA_FAULTS=<json>   [{"pid": 7, "op": "lock", "fault": "fail", "code": 2,
                               "state": "locked", "seconds": 5, "times": 1}]
@@ -52,16 +53,20 @@ CUDA_ERROR_ILLEGAL_STATE = 401
 CUDA_ERROR_TIMEOUT = 909
 CUDA_ERROR_OPERATING_SYSTEM = 304
 
-USAGE = """CUDA checkpoint and restore utility.
-Version 580.159.03. Copyright (C) 2025 NVIDIA Corporation. All rights reserved.
+USAGE_LINES = {
+    "head": "CUDA checkpoint and restore utility.\nVersion 580.159.03. Copyright (C) 2025 NVIDIA Corporation.\n\n"
+    "Operations:",
+    "--get-state": "--get-state --pid <pid>",
+    "--action": "--action lock | checkpoint | restore | unlock --pid <pid> [--timeout <ms>] [--device-map <map>]",
+    "--toggle": "--toggle --pid <pid>",
+    "--get-restore-tid": "--get-restore-tid --pid <pid>",
+    "--help": "--help",
+}
 
-Operations:
---get-state --pid <pid>
---action lock | checkpoint | restore | unlock --pid <pid> [--timeout <ms>] [--device-map <map>]
---toggle --pid <pid>
---get-restore-tid --pid <pid>
---help
-"""
+
+def usage(known: set[str]) -> str:
+    return "\n".join([USAGE_LINES["head"], *(v for k, v in USAGE_LINES.items() if k in known)]) + "\n"
+
 
 LEGAL = {
     "lock": ("running", "locked"),
@@ -86,6 +91,9 @@ def parse(argv: list[str], old_driver: bool) -> dict[str, str]:
     if old_driver:
         takes_value = {"--pid"}
         flags = {"--toggle", "--help"}
+    elif os.environ.get("FAKE_CUDA_NO_ACTION"):
+        takes_value = {"--pid"}
+        flags = {"--get-state", "--toggle", "--get-restore-tid", "--help"}
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -93,26 +101,26 @@ def parse(argv: list[str], old_driver: bool) -> dict[str, str]:
         if name in takes_value:
             if not eq:
                 if i + 1 >= len(argv):
-                    raise Exit(1, f"Option {name} requires an argument\n{USAGE}")
+                    raise Exit(1, f"Option {name} requires an argument\n{usage(takes_value | flags)}")
                 value = argv[i + 1]
                 i += 1
             opts[name] = value
         elif token in flags:
             opts[token] = ""
         else:
-            raise Exit(1, f"Unrecognized option {token!r}\n{USAGE}")
+            raise Exit(1, f"Unrecognized option {token!r}\n{usage(takes_value | flags)}")
         i += 1
     if "--help" in opts:
-        raise Exit(0, USAGE)
+        raise Exit(0, usage(takes_value | flags))
     ops = [k for k in ("--get-state", "--toggle", "--get-restore-tid", "--action") if k in opts]
     if len(ops) != 1 or "--pid" not in opts:
-        raise Exit(1, f"Exactly one operation and --pid are required\n{USAGE}")
+        raise Exit(1, f"Exactly one operation and --pid are required\n{usage(takes_value | flags)}")
     if "--timeout" in opts and opts.get("--action") != "lock":
-        raise Exit(1, f"--timeout is only valid with --action lock\n{USAGE}")
+        raise Exit(1, f"--timeout is only valid with --action lock\n{usage(takes_value | flags)}")
     if "--device-map" in opts and opts.get("--action") != "restore":
-        raise Exit(1, f"--device-map is only valid with --action restore\n{USAGE}")
+        raise Exit(1, f"--device-map is only valid with --action restore\n{usage(takes_value | flags)}")
     if "--action" in opts and opts["--action"] not in LEGAL:
-        raise Exit(1, f"Unknown action {opts['--action']!r}\n{USAGE}")
+        raise Exit(1, f"Unknown action {opts['--action']!r}\n{usage(takes_value | flags)}")
     if not opts["--pid"].isdigit():
         raise Exit(1, f"Invalid pid {opts['--pid']!r}")
     return opts

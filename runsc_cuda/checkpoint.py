@@ -1,0 +1,272 @@
+"""checkpoint: freeze every CUDA process, let runsc save the sandbox, thaw if it keeps running.
+
+Docker and containerd pause the container first (pause -> checkpoint -> resume);
+the exec engine resumes it for the CUDA work and leaves it as it found it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runsc_cuda import cuda, engine, host, sidecar, spec
+from runsc_cuda.argv import Flag, VerbArgs
+from runsc_cuda.create import container_id, translated_args
+from runsc_cuda.errors import ShimError
+from runsc_cuda.freeze import Freezer, Interrupted, StepError, Timeouts
+from runsc_cuda.lock import container_lock
+from runsc_cuda.runner import Result
+from runsc_cuda.runtime import exec_runsc
+from runsc_cuda.sandbox import ContainerState, Sandbox
+from runsc_cuda.session import Session
+from runsc_cuda.signals import StopFlag, deferred_stop
+
+
+@dataclass
+class Target:
+    """A checkpoint call that concerns a GPU container."""
+
+    cid: str
+    args: VerbArgs
+    state: ContainerState
+    image: str
+
+
+def replay(result: Result) -> None:
+    """Give runsc's own output to our caller, as if it had been runsc's process."""
+    import sys
+
+    if result.stdout:
+        sys.stdout.buffer.write(result.stdout)
+        sys.stdout.flush()
+    if result.stderr:
+        sys.stderr.buffer.write(result.stderr)
+        sys.stderr.flush()
+
+
+def runsc_verb(session: Session, verb: str, args: VerbArgs) -> Result:
+    argv = session.runsc_argv([verb, *args.tokens()])
+    result = session.runner.run(argv, session.config.checkpoint_timeout_s)
+    replay(result)
+    return result
+
+
+def pass_through(session: Session, args: VerbArgs) -> int:
+    exec_runsc(session.runsc, session.cmd.with_rest(args.tokens()).tokens()[1:], session.environ)
+    return 0  # not reached
+
+
+def require_mount(cid: str, state: ContainerState) -> None:
+    """Fail before anything is frozen when the container cannot run cuda-checkpoint."""
+    bundle = spec.read(state.bundle)
+    mount = spec.mount_at(bundle.doc, spec.CUDA_CHECKPOINT_DEST)
+    if mount is None:
+        raise ShimError(
+            f"cannot checkpoint GPU container {cid}: it has no cuda-checkpoint mount at "
+            f"{spec.CUDA_CHECKPOINT_DEST} (it was not created through runsc-cuda, or the host had no "
+            "cuda-checkpoint then); nothing was frozen"
+        )
+
+
+def handle(session: Session) -> int:
+    args = translated_args(session, "checkpoint")
+    cid = container_id(args)
+    image = args.value("image-path")
+    if cid is None or not image:
+        return pass_through(session, args)  # runsc says what is missing
+    sandbox = Sandbox(session, cid)
+    state = sandbox.try_state()
+    if state is None:
+        return pass_through(session, args)  # runsc reports the unknown container
+    bundle = spec.read(state.bundle)
+    gpu = spec.gpu_request(bundle.doc)
+    if not gpu.wanted:
+        session.report.debug("not a GPU container: checkpoint passed through", container=cid)
+        return pass_through(session, args)
+    cfg = session.config
+    with container_lock(cfg.state_dir, session.cmd.global_value("root") or "/var/run/runsc", cid, cfg.lock_wait_s):
+        state = sandbox.state()
+        target = Target(cid, args, state, image)
+        flags = engine.runsc_flags(session, "checkpoint")
+        chosen = engine.choose(cfg.engine, engine.NATIVE_FLAG in flags)
+        require_mount(cid, state)
+        session.report.info(f"checkpoint of GPU container {cid}: engine {chosen}", container=cid, engine=chosen)
+        if chosen == "native":
+            return native(session, target)
+        return ExecCheckpoint(session, sandbox, target).run()
+
+
+def record(
+    session: Session,
+    target: Target,
+    engine_name: str,
+    procs: tuple[sidecar.CudaProcess, ...],
+    timings: dict[str, float],
+) -> None:
+    info = host.read_gpu_info(session.config.proc_driver_nvidia)
+    entry = sidecar.Sidecar(
+        engine=engine_name,
+        container=target.cid,
+        runsc_version=engine.runsc_version(session),
+        driver_version=info.driver_version,
+        gpus=info.gpus,
+        cuda_processes=procs,
+        leave_running=target.args.is_set("leave-running"),
+        timings={k: round(v, 6) for k, v in timings.items()},
+        options={
+            f.name: f.value if f.value is not None else True
+            for f in target.args.flags
+            if f.name not in ("image-path", "work-path")
+        },
+        created=sidecar.now_rfc3339(),
+    )
+    sidecar.write(target.image, entry)
+
+
+def native(session: Session, target: Target) -> int:
+    args = target.args
+    if args.get(engine.NATIVE_FLAG) is None:
+        args = args.with_flag(Flag.make(engine.NATIVE_FLAG, cuda.CONTAINER_PATH))
+    if session.config.sequential and args.get("cuda-checkpoint-sequential") is None:
+        args = args.with_flag(Flag.make("cuda-checkpoint-sequential"))
+    start = session.clock()
+    result = runsc_verb(session, "checkpoint", args)
+    seconds = session.clock() - start
+    if not result.ok:
+        reason = result.error_text() or result.describe()
+        raise ShimError(f"checkpoint of {target.cid} failed: runsc checkpoint: {reason}", 1)
+    session.report.info(
+        f"save: runsc checkpoint with CUDA toggled by runsc in {seconds:.3f}s",
+        container=target.cid,
+        phase="save",
+        seconds=round(seconds, 6),
+    )
+    record(session, target, "native", (), {"save": seconds})
+    return 0
+
+
+class ExecCheckpoint:
+    """The exec engine's checkpoint, with rollback at every step."""
+
+    def __init__(self, session: Session, sandbox: Sandbox, target: Target) -> None:
+        self.session = session
+        self.sandbox = sandbox
+        self.target = target
+        self.report = session.report
+        cfg = session.config
+        self.timeouts = Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s)
+        self.stop = StopFlag()
+        self.freezer = Freezer(sandbox, self.timeouts, session.clock, self.stop)
+        self.was_paused = target.state.status == "paused"
+        self.paused_now = self.was_paused
+        self.cuda_pids: list[int] = []
+        self.leave_running = target.args.is_set("leave-running")
+
+    # --- pause handling -----------------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        if self.paused_now:
+            self.sandbox.resume()
+            self.paused_now = False
+
+    def restore_pause(self) -> None:
+        if self.was_paused and not self.paused_now:
+            self.sandbox.pause()
+            self.paused_now = True
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        with deferred_stop(self.stop):
+            try:
+                self._run()
+            except (StepError, Interrupted, ShimError) as e:
+                raise ShimError(self._recover(e)) from None
+        return 0
+
+    def _check_capabilities(self) -> None:
+        result = self.sandbox.cuda(["--help"], self.timeouts.call_s)
+        caps = cuda.Capabilities.from_help((result.stdout + result.stderr).decode("utf-8", errors="replace"))
+        if not caps.get_state:
+            raise ShimError(
+                "the container's cuda-checkpoint has no --get-state (NVIDIA driver older than 555); "
+                "the exec engine needs driver 555 or later, or a runsc with --cuda-checkpoint-path (engine native)"
+            )
+        self.freezer.toggle_only = not caps.actions
+
+    def _save(self) -> None:
+        result = runsc_verb(self.session, "checkpoint", self.target.args)
+        if not result.ok:
+            raise ShimError(f"runsc checkpoint failed: {result.error_text() or result.describe()}")
+
+    def _run(self) -> None:
+        freezer = self.freezer
+        self.ensure_running()
+        self._check_capabilities()
+        candidates = self.sandbox.pids()
+        states = freezer.discover(candidates)
+        self.cuda_pids = sorted(states)
+        self._log("discover", f"{len(states)} CUDA processes among {len(candidates)}")
+        freezer.freeze(states)
+        for name in ("toggle", "lock", "checkpoint"):
+            self._log(name, "done")
+        freezer.check_interrupt()
+        self.restore_pause()
+        freezer.timed("save", self.cuda_pids, self._save)
+        self._log("save", "runsc saved the sandbox")
+        if self.leave_running:
+            self.ensure_running()
+            freezer.thaw({pid: cuda.CHECKPOINTED for pid in self.cuda_pids})
+            for name in ("toggle", "restore", "unlock"):
+                self._log(name, "done")
+            self.restore_pause()
+        procs = tuple(sidecar.CudaProcess(pid, states[pid], cuda.CHECKPOINTED) for pid in self.cuda_pids)
+        record(self.session, self.target, "exec", procs, freezer.timings())
+        self.report.info(
+            f"checkpoint of {self.target.cid} done: {len(self.cuda_pids)} CUDA processes"
+            + (", running again" if self.leave_running else ""),
+            container=self.target.cid,
+            pids=self.cuda_pids,
+            timings=freezer.timings(),
+        )
+
+    def _log(self, name: str, what: str) -> None:
+        phase = self.freezer.last(name)
+        if phase is None or (not phase.pids and name != "discover"):
+            return
+        self.report.info(
+            f"{name}: {what} in {phase.seconds:.3f}s (PIDs {phase.pids})",
+            container=self.target.cid,
+            phase=name,
+            seconds=round(phase.seconds, 6),
+            pids=phase.pids,
+        )
+
+    def _recover(self, error: Exception) -> str:
+        """Bring every CUDA process back to running and the pause state back; the message to report."""
+        cid = self.target.cid
+        what = f"interrupted by {self.stop.name()}" if isinstance(error, Interrupted) else str(error)
+        problems: dict[int, str] = {}
+        state = self.sandbox.try_state()
+        alive = state is not None and state.status in ("running", "paused")
+        if alive and state is not None:
+            self.paused_now = state.status == "paused"
+            try:
+                if self.cuda_pids:
+                    self.ensure_running()
+                    problems = self.freezer.rollback(self.cuda_pids)
+                    runner = self.session.runner
+                    if runner.abandoned():
+                        # A call that outlived its timeout may still change a state: wait, look again.
+                        still = runner.reap(self.timeouts.lock_call_s)
+                        problems = self.freezer.rollback(self.cuda_pids)
+                        if still:
+                            problems[0] = f"{still} cuda-checkpoint call(s) still running"
+                self.restore_pause()
+            except ShimError as e:
+                problems[0] = str(e)
+        if problems:
+            left = "; ".join(f"PID {p}: {w}" if p else w for p, w in sorted(problems.items()))
+            return f"checkpoint of {cid} failed: {what}; rollback incomplete: {left}"
+        if alive and self.cuda_pids:
+            return f"checkpoint of {cid} failed: {what}; all CUDA processes are running again"
+        return f"checkpoint of {cid} failed: {what}"

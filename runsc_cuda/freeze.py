@@ -1,0 +1,221 @@
+"""The exec engine: freezing and thawing CUDA processes inside a sandbox with cuda-checkpoint.
+
+Rules (NVIDIA cuda-checkpoint, see DESIGN.md):
+- probe every candidate with ``--get-state`` *before* locking any (a call on one
+  process while a coupled one is locked can hang); the ones that answer are CUDA
+  processes;
+- lock all, then checkpoint all; calls for different processes run in parallel
+  (each initialises CUDA: 0.4-7 s), every call with its own timeout;
+- after any failure, query each process again and bring it back to running
+  (checkpointed -> restore -> unlock, locked -> unlock);
+- never kill a cuda-checkpoint mid-operation: a call that outlives its timeout
+  is abandoned, and its process re-checked once it is done.
+
+PIDs are sandbox PIDs (``runsc ps``), never host PIDs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from runsc_cuda import cuda
+from runsc_cuda.runner import Result
+
+T = TypeVar("T")
+R = TypeVar("R")
+MAX_PARALLEL = 64
+
+
+class CudaCaller(Protocol):
+    def cuda(self, args: list[str], timeout: float) -> Result: ...
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    lock_ms: int
+    call_s: float
+
+    @property
+    def lock_call_s(self) -> float:
+        return self.lock_ms / 1000.0 + self.call_s
+
+
+class StepError(Exception):
+    """One or more cuda-checkpoint calls of a step failed."""
+
+    def __init__(self, step: str, failures: dict[int, str]) -> None:
+        self.step = step
+        self.failures = dict(sorted(failures.items()))
+        detail = "; ".join(f"PID {pid}: {why}" for pid, why in self.failures.items())
+        super().__init__(f"cuda-checkpoint {step} failed for {detail}")
+
+
+class Interrupted(Exception):
+    """runsc-cuda was asked to stop (SIGTERM/SIGINT) between two steps."""
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    pids: list[int]
+
+
+@dataclass
+class Freezer:
+    """Runs cuda-checkpoint for many processes of one sandbox, in parallel."""
+
+    sandbox: CudaCaller
+    timeouts: Timeouts
+    clock: Callable[[], float] = time.monotonic
+    interrupted: Callable[[], bool] = lambda: False
+    toggle_only: bool = False
+    phases: list[Phase] = field(default_factory=list)
+
+    # --- plumbing -----------------------------------------------------------------
+
+    def _parallel(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(len(items), MAX_PARALLEL)) as pool:
+            return list(pool.map(fn, items))
+
+    def timed(self, name: str, pids: list[int], fn: Callable[[], T]) -> T:
+        """Run ``fn`` as the phase ``name`` (its duration and PIDs are recorded)."""
+        return self._timed(name, pids, fn)
+
+    def timings(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for phase in self.phases:
+            out[phase.name] = out.get(phase.name, 0.0) + phase.seconds
+        return out
+
+    def last(self, name: str) -> Phase | None:
+        for phase in reversed(self.phases):
+            if phase.name == name:
+                return phase
+        return None
+
+    def _timed(self, name: str, pids: list[int], fn: Callable[[], T]) -> T:
+        start = self.clock()
+        try:
+            return fn()
+        finally:
+            self.phases.append(Phase(name, self.clock() - start, list(pids)))
+
+    def check_interrupt(self) -> None:
+        if self.interrupted():
+            raise Interrupted()
+
+    def _call(self, pid: int, name: str) -> str | None:
+        """Run one action; None on success, else why it failed."""
+        if self.toggle_only:
+            result = self.sandbox.cuda(cuda.toggle(pid), self.timeouts.call_s)
+        elif name == "lock":
+            result = self.sandbox.cuda(cuda.action("lock", pid, self.timeouts.lock_ms), self.timeouts.lock_call_s)
+        else:
+            result = self.sandbox.cuda(cuda.action(name, pid), self.timeouts.call_s)
+        return None if result.ok else result.describe()
+
+    def query(self, pid: int) -> tuple[str | None, str]:
+        """(state, '') or (None, why the state could not be read)."""
+        result = self.sandbox.cuda(cuda.get_state(pid), self.timeouts.call_s)
+        if not result.ok:
+            return None, result.describe()
+        state = cuda.parse_state(result.stdout)
+        if state is None:
+            return None, f"unexpected output {result.stdout[:60]!r}"
+        return state, ""
+
+    # --- the steps ------------------------------------------------------------------
+
+    def discover(self, pids: list[int]) -> dict[int, str]:
+        """Probe every PID (in parallel, nothing locked yet); the CUDA ones and their states."""
+
+        def probe(pid: int) -> tuple[int, str | None, str]:
+            result = self.sandbox.cuda(cuda.get_state(pid), self.timeouts.call_s)
+            if result.timed_out:
+                return pid, None, "timed out"
+            if not result.ok:
+                return pid, None, ""  # not a CUDA process
+            state = cuda.parse_state(result.stdout)
+            if state is None:
+                return pid, None, f"unexpected output {result.stdout[:60]!r}"
+            return pid, state, ""
+
+        def run() -> dict[int, str]:
+            found: dict[int, str] = {}
+            problems: dict[int, str] = {}
+            for pid, state, problem in self._parallel(probe, pids):
+                if problem:
+                    problems[pid] = problem
+                elif state is not None:
+                    found[pid] = state
+            if problems:
+                raise StepError("--get-state", problems)
+            return found
+
+        found = self._timed("discover", pids, run)
+        failed = {pid: "process is in state failed" for pid, state in found.items() if state == cuda.FAILED}
+        if failed:
+            raise StepError("--get-state", failed)
+        return found
+
+    def _step(self, name: str, pids: list[int]) -> None:
+        if not pids:
+            self.phases.append(Phase(name, 0.0, []))
+            return
+        self.check_interrupt()
+
+        def run() -> None:
+            outcomes = self._parallel(lambda pid: (pid, self._call(pid, name)), pids)
+            failures = {pid: why for pid, why in outcomes if why is not None}
+            if failures:
+                raise StepError(name, failures)
+
+        self._timed(name, pids, run)
+
+    def freeze(self, states: dict[int, str]) -> None:
+        """Bring every process to checkpointed: lock all, then checkpoint all."""
+        if self.toggle_only:
+            self._step("toggle", [p for p, s in states.items() if s == cuda.RUNNING])
+            return
+        self._step("lock", [p for p, s in states.items() if s == cuda.RUNNING])
+        self._step("checkpoint", [p for p, s in states.items() if s in (cuda.RUNNING, cuda.LOCKED)])
+
+    def thaw(self, states: dict[int, str]) -> None:
+        """Bring every process back to running: restore all, then unlock all."""
+        if self.toggle_only:
+            self._step("toggle", [p for p, s in states.items() if s == cuda.CHECKPOINTED])
+            return
+        self._step("restore", [p for p, s in states.items() if s == cuda.CHECKPOINTED])
+        self._step("unlock", [p for p, s in states.items() if s in (cuda.CHECKPOINTED, cuda.LOCKED)])
+
+    def rollback(self, pids: list[int]) -> dict[int, str]:
+        """Query each process and bring it back to running. Returns the PIDs that are not."""
+
+        def fix(pid: int) -> tuple[int, str]:
+            state, why = self.query(pid)
+            if state is None:
+                if "does not exist" in why or "no such process" in why.lower():
+                    return pid, ""  # gone: nothing left to thaw
+                return pid, f"state unknown ({why})"
+            if state == cuda.FAILED:
+                return pid, "process is in state failed"
+            steps = cuda.THAW_FROM[state]
+            if self.toggle_only and state == cuda.CHECKPOINTED:
+                steps = ("toggle",)
+            for name in steps:
+                problem = self._call(pid, name)
+                if problem is not None:
+                    return pid, f"{name} failed ({problem})"
+            return pid, ""
+
+        start = self.clock()
+        results = self._parallel(fix, pids)
+        self.phases.append(Phase("rollback", self.clock() - start, list(pids)))
+        return {pid: why for pid, why in results if why}

@@ -1,0 +1,126 @@
+"""restore: patch the bundle as create does, check the image fits this host, thaw after runsc.
+
+Docker's ``docker start --checkpoint`` calls restore without create, so the
+bundle is patched here too: runsc compares the mounts with the checkpointed spec.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from runsc_cuda import cuda, host, sidecar
+from runsc_cuda.create import Prepared, prepare
+from runsc_cuda.errors import ShimError
+from runsc_cuda.freeze import Freezer, StepError, Timeouts
+from runsc_cuda.lock import container_lock
+from runsc_cuda.runtime import exec_runsc
+from runsc_cuda.sandbox import Sandbox
+from runsc_cuda.session import Session
+from runsc_cuda.signals import forwarded_to
+
+
+def handle(session: Session) -> int:
+    prepared = prepare(session, "restore")
+    image = prepared.args.value("image-path")
+    record = sidecar.read(image) if image else None
+    if record is not None:
+        here = host.read_gpu_info(session.config.proc_driver_nvidia)
+        problem = sidecar.mismatch(record.gpu_info, here)
+        if problem is not None:
+            raise ShimError(f"cannot restore {prepared.container_id} from {image}: {problem}")
+    needs_thaw = (
+        record is not None
+        and record.engine == "exec"
+        and any(p.state_saved != cuda.RUNNING for p in record.cuda_processes)
+        and prepared.container_id is not None
+    )
+    if not needs_thaw or record is None:
+        # No image sidecar: restore as plain runsc would. Native engine: runsc thaws by itself.
+        exec_runsc(session.runsc, prepared.cmd.tokens()[1:], session.environ)
+        return 0
+    cfg = session.config
+    cid = prepared.container_id or ""
+    root = session.cmd.global_value("root") or "/var/run/runsc"
+    with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
+        return ExecRestore(session, prepared, record).run()
+
+
+class ExecRestore:
+    """Restore an image the exec engine made: runsc restores, runsc-cuda thaws."""
+
+    def __init__(self, session: Session, prepared: Prepared, record: sidecar.Sidecar) -> None:
+        self.session = session
+        self.prepared = prepared
+        self.record = record
+        self.cid = prepared.container_id or ""
+        self.sandbox = Sandbox(session, self.cid)
+        cfg = session.config
+        self.freezer = Freezer(self.sandbox, Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s), session.clock)
+        self.states = {p.pid: p.state_saved for p in record.cuda_processes}
+
+    def run(self) -> int:
+        argv = [self.session.runsc, *self.prepared.cmd.tokens()[1:]]
+        if self.prepared.args.is_set("detach"):
+            return self._detached(argv)
+        return self._foreground(argv)
+
+    def _run_runsc(self, argv: list[str]) -> int:
+        """runsc restore --detach; its output goes straight to our caller."""
+        limit = self.session.config.checkpoint_timeout_s
+        try:
+            return subprocess.run(argv, env=self.session.runner.environ, timeout=limit, check=False).returncode
+        except subprocess.TimeoutExpired:
+            raise ShimError(f"restore of {self.cid}: runsc restore did not finish in {limit:g}s") from None
+
+    def _detached(self, argv: list[str]) -> int:
+        code = self.freezer.timed("restore-sandbox", [], lambda: self._run_runsc(argv))
+        if code != 0:
+            return code if code > 0 else 128 - code  # runsc's own error is in the log already
+        self._thaw()
+        return 0
+
+    def _foreground(self, argv: list[str]) -> int:
+        child = subprocess.Popen(argv, env=self.session.runner.environ)
+        with forwarded_to(child):
+            if self._wait_running(child):
+                try:
+                    self._thaw()
+                except ShimError as e:
+                    self.session.report.error(e.message)
+                    child.send_signal(15)
+            code = child.wait()
+        return code if code >= 0 else 128 - code
+
+    def _wait_running(self, child: subprocess.Popen[bytes]) -> bool:
+        deadline = time.monotonic() + self.session.config.checkpoint_timeout_s
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                return False
+            state = self.sandbox.try_state()
+            if state is not None and state.status == "running":
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _thaw(self) -> None:
+        pids = sorted(self.states)
+        try:
+            self.freezer.thaw(self.states)
+        except StepError as first:
+            # One more try from whatever state each process is in now.
+            left = self.freezer.rollback(pids)
+            if left:
+                detail = "; ".join(f"PID {p}: {w}" for p, w in sorted(left.items()))
+                raise ShimError(
+                    f"restore of {self.cid}: CUDA processes could not be thawed: {first}; {detail}"
+                ) from None
+            self.session.report.warning(f"restore of {self.cid}: {first}; thawed on the second try")
+        timings = self.freezer.timings()
+        self.session.report.info(
+            f"restore of {self.cid}: {len(pids)} CUDA processes thawed in "
+            f"{timings.get('restore', 0) + timings.get('unlock', 0) + timings.get('toggle', 0):.3f}s",
+            container=self.cid,
+            pids=pids,
+            timings=timings,
+        )

@@ -1,0 +1,115 @@
+"""One container as runsc shows it: state, processes, exec, pause, resume.
+
+Everything runsc prints about the inside of a sandbox is treated as untrusted:
+PIDs are validated and output is bounded (by the runner).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from runsc_cuda.errors import ShimError
+from runsc_cuda.runner import Result
+from runsc_cuda.session import Session
+
+PID_MAX = 4_194_304  # Linux PID_MAX_LIMIT; gVisor uses the same bound
+MAX_PIDS = 65_536
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    id: str
+    status: str
+    bundle: str
+    pid: int
+
+
+def parse_state(output: bytes, cid: str) -> ContainerState:
+    try:
+        doc: Any = json.loads(output.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ShimError(f"runsc state {cid}: unreadable output") from None
+    if not isinstance(doc, dict):
+        raise ShimError(f"runsc state {cid}: unexpected output")
+    status, bundle, pid = doc.get("status"), doc.get("bundle"), doc.get("pid", 0)
+    if not isinstance(status, str) or not isinstance(bundle, str) or not isinstance(pid, int):
+        raise ShimError(f"runsc state {cid}: unexpected output")
+    return ContainerState(cid, status, bundle, pid)
+
+
+def parse_pids(output: bytes) -> list[int]:
+    """``runsc ps --format json`` output: a JSON array of sandbox PIDs. Raises ValueError."""
+    text = output.decode("utf-8", errors="strict").strip()
+    doc = json.loads(text)
+    if not isinstance(doc, list):
+        raise ValueError("not a JSON array")
+    if len(doc) > MAX_PIDS:
+        raise ValueError(f"{len(doc)} PIDs, more than {MAX_PIDS}")
+    pids: list[int] = []
+    seen: set[int] = set()
+    for item in doc:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 < item <= PID_MAX:
+            raise ValueError(f"not a PID: {str(item)[:40]!r}")
+        if item not in seen:
+            seen.add(item)
+            pids.append(item)
+    return pids
+
+
+class Sandbox:
+    """The runsc calls runsc-cuda makes about one container, with the caller's global flags."""
+
+    def __init__(self, session: Session, cid: str) -> None:
+        self.session = session
+        self.id = cid
+
+    def state(self) -> ContainerState:
+        result = self.session.call_runsc(["state", self.id])
+        if not result.ok:
+            raise ShimError(f"runsc state {self.id} failed: {result.describe()}")
+        return parse_state(result.stdout, self.id)
+
+    def try_state(self) -> ContainerState | None:
+        result = self.session.call_runsc(["state", self.id])
+        if not result.ok:
+            return None
+        try:
+            return parse_state(result.stdout, self.id)
+        except ShimError:
+            return None
+
+    def pids(self) -> list[int]:
+        result = self.session.call_runsc(["ps", "--format", "json", self.id])
+        if not result.ok:
+            raise ShimError(f"runsc ps {self.id} failed: {result.describe()}")
+        try:
+            return parse_pids(result.stdout)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ShimError(f"runsc ps {self.id}: unusable output: {e}") from None
+
+    def pause(self) -> None:
+        result = self.session.call_runsc(["pause", self.id])
+        if not result.ok:
+            raise ShimError(f"runsc pause {self.id} failed: {result.describe()}")
+
+    def resume(self) -> None:
+        result = self.session.call_runsc(["resume", self.id])
+        if not result.ok:
+            raise ShimError(f"runsc resume {self.id} failed: {result.describe()}")
+
+    def cuda(self, args: list[str], timeout: float) -> Result:
+        """``runsc exec ID /usr/local/bin/cuda-checkpoint ARGS``; a timed-out call is abandoned, not killed."""
+        from runsc_cuda.cuda import CONTAINER_PATH
+
+        argv = self.session.runsc_argv(["exec", self.id, CONTAINER_PATH, *args])
+        result = self.session.runner.run(argv, timeout, kill_on_timeout=False)
+        self.session.report.debug(
+            "cuda-checkpoint call",
+            args=args,
+            rc=result.returncode,
+            seconds=round(result.duration, 4),
+            timed_out=result.timed_out,
+        )
+        return result
