@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-test: venv
+test: lint
 	$(PY) -m pytest -q
 
 lint: venv

@@ -135,7 +135,7 @@ def test_native_engine_adds_the_flag_and_lets_runsc_toggle(shim: Shim, leave_run
     image = shim.tmp / "image"
     before = len(shim.calls())
     checkpoint(shim, bundle, "c1", image, leave_running)
-    ckpt = [a for a in shim.runsc_argvs()[before:] if "checkpoint" in a and "help" not in a][0]
+    ckpt = next(a for a in shim.runsc_argvs()[before:] if "checkpoint" in a and "help" not in a)
     assert "--cuda-checkpoint-path=/usr/local/bin/cuda-checkpoint" in ckpt
     assert not any(v.startswith("exec") for v in verbs(shim, before)), "runsc-cuda ran cuda-checkpoint itself"
     saved = json.loads((image / "checkpoint.img").read_text())["cuda"]
