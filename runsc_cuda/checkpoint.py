@@ -155,7 +155,9 @@ class ExecCheckpoint:
         cfg = session.config
         self.timeouts = Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s)
         self.stop = StopFlag()
-        self.freezer = Freezer(sandbox, self.timeouts, session.clock, self.stop)
+        self.freezer = Freezer(
+            sandbox, self.timeouts, session.clock, self.stop, max_parallel=cfg.max_parallel_cuda_calls
+        )
         self.was_paused = target.state.status == "paused"
         self.paused_now = self.was_paused
         self.cuda_pids: list[int] = []

@@ -22,6 +22,7 @@ POSITIVE = (
     "checkpoint_timeout_s",
     "lock_wait_s",
     "max_output_bytes",
+    "max_parallel_cuda_calls",
 )
 
 
@@ -45,6 +46,7 @@ class Config:
     proc_driver_nvidia: str = "/proc/driver/nvidia"
     trust_cuda_checkpoint: bool = False
     max_output_bytes: int = 1 << 20
+    max_parallel_cuda_calls: int = 64
 
     def get(self, key: str) -> Any:
         return getattr(self, key)
@@ -73,6 +75,7 @@ DOCS: dict[str, str] = {
         "Mount a host cuda-checkpoint even if it is not a root-owned regular file that only root can write (for tests)."
     ),
     "max_output_bytes": "Most bytes read from any one runsc or cuda-checkpoint call's output.",
+    "max_parallel_cuda_calls": "Exec engine: how many cuda-checkpoint calls run at once (1 = one by one).",
 }
 
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

@@ -27,7 +27,6 @@ from runsc_cuda.runner import Result
 
 T = TypeVar("T")
 R = TypeVar("R")
-MAX_PARALLEL = 64
 
 
 class CudaCaller(Protocol):
@@ -74,14 +73,15 @@ class Freezer:
     clock: Callable[[], float] = time.monotonic
     interrupted: Callable[[], bool] = lambda: False
     toggle_only: bool = False
+    max_parallel: int = 64
     phases: list[Phase] = field(default_factory=list)
 
     # --- plumbing -----------------------------------------------------------------
 
     def _parallel(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        if len(items) <= 1:
+        if len(items) <= 1 or self.max_parallel <= 1:
             return [fn(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(len(items), MAX_PARALLEL)) as pool:
+        with ThreadPoolExecutor(max_workers=min(len(items), self.max_parallel)) as pool:
             return list(pool.map(fn, items))
 
     def timed(self, name: str, pids: list[int], fn: Callable[[], T]) -> T:

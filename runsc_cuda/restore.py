@@ -56,7 +56,12 @@ class ExecRestore:
         self.cid = prepared.container_id or ""
         self.sandbox = Sandbox(session, self.cid)
         cfg = session.config
-        self.freezer = Freezer(self.sandbox, Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s), session.clock)
+        self.freezer = Freezer(
+            self.sandbox,
+            Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s),
+            session.clock,
+            max_parallel=cfg.max_parallel_cuda_calls,
+        )
         self.states = {p.pid: p.state_saved for p in record.cuda_processes}
 
     def run(self) -> int:
