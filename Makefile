@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test lint
+.PHONY: venv test lint demo bench
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,5 +14,11 @@ test: lint
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check runsc_cuda tests
+	$(VENV)/bin/ruff check runsc_cuda tests bench scripts
 	$(VENV)/bin/mypy
+
+demo: venv
+	$(PY) scripts/demo.py
+
+bench: venv
+	$(PY) bench/freeze.py

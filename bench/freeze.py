@@ -29,9 +29,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import fakes  # noqa: E402
 
-FIXTURE = REPO.parent / "shared" / "fixtures" / "docker-bundles" / "gpu-devices.json"
-if not FIXTURE.exists():
-    FIXTURE = REPO / "tests" / "fixtures" / "docker-bundles" / "gpu-devices.json"
+FIXTURE = REPO / "tests" / "fixtures" / "docker-bundles" / "gpu-devices.json"
 
 
 def one_run(work: Path, env: dict[str, str], count: int, run: int) -> dict[str, float]:

@@ -19,9 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fakes
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("RUNSC_CUDA_FIXTURES", REPO.parent / "shared" / "fixtures" / "docker-bundles"))
-if not FIXTURES.is_dir():
-    FIXTURES = REPO / "tests" / "fixtures" / "docker-bundles"
+# config.json files Docker 20.10 + containerd 1.6 wrote for real containers (copied from shared/fixtures).
+FIXTURES = REPO / "tests" / "fixtures" / "docker-bundles"
 
 
 def fixture_spec(name: str) -> dict[str, Any]:
