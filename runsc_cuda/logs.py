@@ -23,6 +23,34 @@ if TYPE_CHECKING:
     import logging
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+# Attributes of logging.LogRecord: a field with one of these names would make logging raise.
+_RESERVED = frozenset(
+    {
+        "args",
+        "asctime",
+        "created",
+        "exc_info",
+        "exc_text",
+        "filename",
+        "funcName",
+        "levelname",
+        "levelno",
+        "lineno",
+        "message",
+        "module",
+        "msecs",
+        "msg",
+        "name",
+        "pathname",
+        "process",
+        "processName",
+        "relativeCreated",
+        "stack_info",
+        "taskName",
+        "thread",
+        "threadName",
+    }
+)
 
 
 def _one_line(message: str) -> str:
@@ -120,7 +148,8 @@ class Reporter:
 
     def _detail(self, level: str, message: str, fields: Mapping[str, Any]) -> None:
         if self.logger is not None:
-            self.logger.log(LEVELS[level], message, extra={**self.context, **fields})
+            extra = {(f"{k}_" if k in _RESERVED else k): v for k, v in {**self.context, **fields}.items()}
+            self.logger.log(LEVELS[level], message, extra=extra)
 
     def debug(self, message: str, **fields: Any) -> None:
         self._detail("debug", message, fields)

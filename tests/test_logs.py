@@ -77,3 +77,21 @@ def test_log_level_from_config(shim: Shim) -> None:
     shim.write_config(f'log_file = "{detail}"\nlog_level = "debug"\n')
     assert shim.run("create", "--bundle", str(shim.bundle()), "c1").returncode == 0
     assert "not a GPU container" in detail.read_text()
+
+
+def test_a_field_named_like_a_log_record_attribute_does_not_break_logging(tmp_path: Path) -> None:
+    logger = logs.detail_logger(str(tmp_path / "d.log"), "debug")
+    report = logs.Reporter(None, logger)
+    report.debug("cuda-checkpoint call", args=["--get-state"], name="x", msg="y")
+    record = json.loads((tmp_path / "d.log").read_text())
+    assert record["args_"] == ["--get-state"] and record["name_"] == "x" and record["msg"] == "cuda-checkpoint call"
+
+
+def test_a_debug_level_checkpoint_logs_every_cuda_call(shim: Shim) -> None:
+    detail = shim.tmp / "detail.log"
+    shim.env.update(RUNSC_CUDA_ENGINE="exec", RUNSC_CUDA_LOG_FILE=str(detail), RUNSC_CUDA_LOG_LEVEL="debug")
+    bundle = shim.gpu_container("c1", (1, 7), (7,))
+    out = shim.docker(bundle, "checkpoint", "--image-path", str(shim.tmp / "i"), "--leave-running", "c1")
+    assert out.returncode == 0, out.stderr
+    calls = [json.loads(x) for x in detail.read_text().splitlines()]
+    assert any(c["msg"] == "cuda-checkpoint call" and c["args_"][:2] == ["--action", "lock"] for c in calls)

@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""Real-GPU check: runsc-cuda checkpoint/restore of a PyTorch process under gVisor with nvproxy.
+
+Run as root on a Linux machine with an NVIDIA GPU and a runsc binary:
+
+    python3 tests/gpu/gpu_check.py --runsc /path/to/runsc [--gib 4] [--out DIR]
+
+It creates a container through runsc-cuda (rootfs = this machine's /, so the
+container has the same Python and PyTorch; /dev/nvidia* as linux.devices, which
+makes it a GPU container), in which tests/gpu/app.py holds GIB of random data on
+the GPU and counts. Then, for each engine (exec, native):
+  checkpoint --leave-running: the process keeps counting and its tensor is intact;
+then checkpoint (the container stops) and restore from the image into a new
+container: the counter resumes from where it was saved and the tensor is intact.
+It prints per-phase times and GiB/s and writes them to OUT/gpu-results.json.
+
+Without a GPU it exits 0 after printing why it skipped (``SKIP: ...``);
+``--cpu-smoke`` runs the same plumbing with a CPU-only app and a cuda-checkpoint
+that knows no CUDA process, to check everything but the GPU part anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+DEADLINE_S = 7.5 * 60
+CUDA_CHECKPOINT_PLACES = (
+    "/usr/bin/cuda-checkpoint",
+    "/usr/local/bin/cuda-checkpoint",
+    "/usr/local/cuda/bin/cuda-checkpoint",
+    "/usr/local/nvidia/bin/cuda-checkpoint",
+)
+
+
+class Check:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.start = time.monotonic()
+        self.work = Path(args.work)
+        self.out = Path(args.out)
+        self.results: dict[str, Any] = {"gib": args.gib, "phases": {}, "checks": {}, "errors": []}
+        self.log_lines: list[str] = []
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        line = f"[{time.monotonic() - self.start:7.1f}s] {text}"
+        print(line, flush=True)
+        self.log_lines.append(line)
+
+    def left(self) -> float:
+        return DEADLINE_S - (time.monotonic() - self.start)
+
+    def shim(
+        self, *args: str, engine: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ)
+        env.update(
+            PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+            RUNSC_CUDA_CONFIG=str(self.work / "config.toml"),
+            RUNSC_CUDA_ENGINE=engine,
+        )
+        cmd = [sys.executable, "-m", "runsc_cuda", *self.global_flags(), *args]
+        started = time.monotonic()
+        # Files, not pipes: runsc create/restore leave the sandbox running with our stdio.
+        with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+            code = subprocess.run(cmd, env=env, stdout=so, stderr=se, timeout=timeout, check=False).returncode
+            so.seek(0)
+            se.seek(0)
+            out = subprocess.CompletedProcess(cmd, code, so.read(), se.read())
+        self.say(f"runsc-cuda {' '.join(args[:1])} ({engine}) -> {out.returncode} in {time.monotonic() - started:.2f}s")
+        if out.returncode != 0:
+            self.say(f"  stderr: {out.stderr.strip()[-2000:]}")
+            if check:
+                raise RuntimeError(f"runsc-cuda {' '.join(args)} failed: {out.stderr.strip()[-500:]}")
+        return out
+
+    def global_flags(self) -> list[str]:
+        flags = [
+            "--root",
+            str(self.work / "runsc-root"),
+            "--network=none",
+            "--overlay2=root:memory",
+            "--log",
+            str(self.work / "log.json"),
+            "--log-format",
+            "json",
+            "--debug-log",
+            str(self.work / "runsc-debug") + "/",
+        ]
+        if self.args.cpu_smoke:
+            flags.append("--nvproxy=false")
+        return flags
+
+    def status(self, cid: str = "") -> dict[str, Any]:
+        """The app's last status (one app, carried from container to container by restore)."""
+        try:
+            return dict(json.loads((self.work / "app" / "status.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def wait_counter(self, cid: str, above: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        checked = time.monotonic()
+        while time.monotonic() < deadline:
+            last = self.status(cid)
+            if last.get("counter", -1) > above:
+                return last
+            if time.monotonic() - checked > 2:
+                checked = time.monotonic()
+                state = subprocess.run(
+                    [self.args.runsc, "--root", str(self.work / "runsc-root"), "state", cid],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                if '"stopped"' in state or not state:
+                    break
+            time.sleep(0.1)
+        app_out = self.read(str(self.work / "app" / "app.out"))[-1500:]
+        raise RuntimeError(f"{cid}: counter did not pass {above} (last status {last}); app output: {app_out}")
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def find_cuda_checkpoint(self) -> str | None:
+        if self.args.cuda_checkpoint:
+            return self.args.cuda_checkpoint
+        for place in CUDA_CHECKPOINT_PLACES:
+            if os.path.exists(place):
+                return place
+        return shutil.which("cuda-checkpoint")
+
+    def devices(self) -> list[dict[str, Any]]:
+        out = []
+        for name in sorted(os.listdir("/dev")):
+            if not name.startswith("nvidia"):
+                continue
+            path = f"/dev/{name}"
+            st = os.stat(path)
+            if stat.S_ISCHR(st.st_mode):
+                out.append(
+                    {
+                        "path": path,
+                        "type": "c",
+                        "major": os.major(st.st_rdev),
+                        "minor": os.minor(st.st_rdev),
+                        "fileMode": 0o666,
+                        "uid": 0,
+                        "gid": 0,
+                    }
+                )
+        return out
+
+    def bundle(self, cid: str) -> Path:
+        """A bundle whose app writes to work/app/status.json (the same folder across restores)."""
+        folder = self.work / "bundles" / cid
+        folder.mkdir(parents=True, exist_ok=True)
+        (self.work / "app").mkdir(exist_ok=True)
+        app = [sys.executable, "/gpucheck/app.py", str(self.args.gib), "/gpuwork/status.json"]
+        if self.args.cpu_smoke:
+            app.append("--cpu")
+        args = ["/bin/sh", "-c", 'exec "$@" >>/gpuwork/app.out 2>&1', "sh", *app]
+        env = [
+            f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME=/root",
+            "PYTHONUNBUFFERED=1",
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+        ]
+        if os.environ.get("LD_LIBRARY_PATH"):
+            env.append(f"LD_LIBRARY_PATH={os.environ['LD_LIBRARY_PATH']}")
+        spec = {
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": False,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": env,
+                "cwd": "/",
+                "capabilities": {
+                    k: ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_KILL"] for k in ("bounding", "effective", "permitted")
+                },
+                "noNewPrivileges": True,
+            },
+            "root": {"path": str(self.rootfs()), "readonly": False},
+            "hostname": cid,
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+                {
+                    "destination": "/sys",
+                    "type": "sysfs",
+                    "source": "sysfs",
+                    "options": ["nosuid", "noexec", "nodev", "ro"],
+                },
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+                *({"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]} for d in self.host_dirs),
+                {"destination": "/gpucheck", "type": "bind", "source": str(HERE), "options": ["rbind", "ro"]},
+                {
+                    "destination": "/gpuwork",
+                    "type": "bind",
+                    "source": str(self.work / "app"),
+                    "options": ["rbind", "rw"],
+                },
+            ],
+            "linux": {
+                "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
+                "devices": [] if self.args.cpu_smoke else self.devices(),
+            },
+        }
+        if self.args.cpu_smoke:
+            spec["annotations"] = {"dev.runsc-cuda.gpu": "true"}
+        (folder / "config.json").write_text(json.dumps(spec))
+        return folder
+
+    def rootfs(self) -> Path:
+        """An empty root with this machine's system folders bind-mounted read-only (a root of "/" itself
+        makes gVisor's gofer serve every bind mount read-only)."""
+        root = self.work / "rootfs"
+        if root.exists():
+            return root
+        self.host_dirs: list[str] = []
+        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt", "root"):
+            host = Path("/") / name
+            if host.is_symlink():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).symlink_to(os.readlink(host))
+            elif host.is_dir():
+                (root / name).mkdir(parents=True, exist_ok=True)
+                self.host_dirs.append(str(host))
+        for extra in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), str(REPO)}:
+            if not any(extra == d or extra.startswith(d + "/") for d in self.host_dirs):
+                (root / extra.lstrip("/")).mkdir(parents=True, exist_ok=True)
+                self.host_dirs.append(extra)
+        for name in ("proc", "dev", "sys", "tmp", "gpucheck", "gpuwork"):
+            (root / name).mkdir(parents=True, exist_ok=True)
+        return root
+
+    def write_config(self, cuda_checkpoint: str) -> None:
+        (self.work / "config.toml").write_text(
+            f'runsc = "{self.args.runsc}"\n'
+            f'cuda_checkpoint = "{cuda_checkpoint}"\n'
+            f"nvproxy = {'false' if self.args.cpu_smoke else 'true'}\n"
+            f'log_file = "{self.work / "runsc-cuda.log"}"\n'
+            'log_level = "debug"\n'
+            f'state_dir = "{self.work / "state"}"\n'
+            "lock_timeout_ms = 60000\n"
+            "trust_cuda_checkpoint = true\n"
+        )
+
+    # --- the run --------------------------------------------------------------------------
+
+    def sidecar(self, image: Path) -> dict[str, Any]:
+        try:
+            return dict(json.loads((image / "runsc-cuda.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def image_bytes(self, image: Path) -> int:
+        return sum(p.stat().st_size for p in image.rglob("*") if p.is_file())
+
+    def record(self, name: str, wall: float, image: Path | None = None) -> None:
+        entry: dict[str, Any] = {"wall_s": round(wall, 3)}
+        if image is not None:
+            side = self.sidecar(image)
+            entry["timings"] = side.get("timings", {})
+            entry["image_bytes"] = self.image_bytes(image)
+            entry["cuda_processes"] = side.get("cuda_processes", [])
+            gib = self.args.gib
+            for phase in ("checkpoint", "restore", "save", "toggle"):
+                seconds = entry["timings"].get(phase)
+                if seconds:
+                    entry[f"{phase}_gib_per_s"] = round(gib / seconds, 2)
+            if entry["timings"].get("save"):
+                entry["save_image_gib_per_s"] = round(entry["image_bytes"] / (1 << 30) / entry["timings"]["save"], 2)
+        self.results["phases"][name] = entry
+
+    def verify(self, name: str, cid: str, before: int, timeout: float = 60) -> None:
+        status = self.wait_counter(cid, before, timeout)
+        ok = bool(status.get("checksum_ok"))
+        self.results["checks"][name] = {"counter_before": before, "counter_after": status["counter"], "checksum_ok": ok}
+        self.say(f"{name}: counter {before} -> {status['counter']}, tensor intact: {ok}")
+        if not ok:
+            raise RuntimeError(f"{name}: the tensor changed: {status}")
+
+    def leave_running(self, cid: str, engine: str) -> None:
+        image = self.work / f"image-{engine}-leave"
+        before = self.status(cid).get("counter", 0)
+        t0 = time.monotonic()
+        self.shim("checkpoint", "--image-path", str(image), "--leave-running", cid, engine=engine)
+        self.record(f"{engine}: checkpoint --leave-running", time.monotonic() - t0, image)
+        self.verify(f"{engine}: keeps running after checkpoint --leave-running", cid, before)
+        shutil.rmtree(image, ignore_errors=True)
+
+    def stop_and_restore(self, cid: str, engine: str, new_cid: str) -> str:
+        image = self.work / f"image-{engine}-stop"
+        t0 = time.monotonic()
+        self.shim("checkpoint", "--image-path", str(image), cid, engine=engine)
+        self.record(f"{engine}: checkpoint (stop)", time.monotonic() - t0, image)
+        saved = self.status(cid).get("counter", 0)
+        self.shim("delete", "--force", cid, engine=engine, check=False)
+        bundle = self.bundle(new_cid)
+        t0 = time.monotonic()
+        self.shim(
+            "restore",
+            "--image-path",
+            str(image),
+            "--bundle",
+            str(bundle),
+            "--detach",
+            new_cid,
+            engine=engine,
+            timeout=600,
+        )
+        self.record(f"{engine}: restore into a new container", time.monotonic() - t0, None)
+        self.results["phases"][f"{engine}: restore into a new container"]["image_bytes"] = self.image_bytes(image)
+        self.verify(f"{engine}: resumes after restore", new_cid, saved)
+        shutil.rmtree(image, ignore_errors=True)
+        return new_cid
+
+    def run(self) -> int:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not self.args.cpu_smoke:
+            if os.geteuid() != 0:
+                return self.skip("not root")
+            if not shutil.which("nvidia-smi") and not os.path.exists("/proc/driver/nvidia/version"):
+                return self.skip("no NVIDIA GPU on this machine (no nvidia-smi, no /proc/driver/nvidia)")
+            if not self.devices():
+                return self.skip("no /dev/nvidia* device nodes")
+        cuda_checkpoint = self.find_cuda_checkpoint() if not self.args.cpu_smoke else str(self.fake_no_cuda())
+        if cuda_checkpoint is None:
+            return self.skip("no cuda-checkpoint binary (pass --cuda-checkpoint)")
+        self.results["cuda_checkpoint"] = cuda_checkpoint
+        self.results["driver"] = self.read("/proc/driver/nvidia/version").splitlines()[:1]
+        self.results["runsc_version"] = subprocess.run(
+            [self.args.runsc, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        self.write_config(cuda_checkpoint)
+        self.say(f"cuda-checkpoint {cuda_checkpoint}; {self.results['runsc_version'].splitlines()[:1]}")
+        try:
+            cid = "gpu-a"
+            bundle = self.bundle(cid)
+            t0 = time.monotonic()
+            self.shim("create", "--bundle", str(bundle), cid, engine="exec")
+            self.shim("start", cid, engine="exec")
+            self.wait_counter(cid, 0, 240)
+            self.results["phases"]["start until the app counts"] = {"wall_s": round(time.monotonic() - t0, 3)}
+            for engine in self.args.engines.split(","):
+                if self.left() < 60:
+                    self.results["errors"].append(f"out of time before {engine} --leave-running")
+                    break
+                try:
+                    self.leave_running(cid, engine)
+                except Exception as e:  # keep going: every figure counts
+                    self.results["errors"].append(f"{engine} leave-running: {e}")
+                    self.say(f"ERROR {engine} leave-running: {e}")
+            n = 0
+            for engine in self.args.engines.split(","):
+                if self.left() < 120:
+                    self.results["errors"].append(f"out of time before {engine} stop/restore")
+                    break
+                n += 1
+                try:
+                    cid = self.stop_and_restore(cid, engine, f"gpu-{chr(ord('a') + n)}")
+                except Exception as e:
+                    self.results["errors"].append(f"{engine} stop/restore: {e}")
+                    self.say(f"ERROR {engine} stop/restore: {e}")
+                    break
+        finally:
+            self.cleanup()
+            self.save()
+        self.table()
+        return 1 if self.results["errors"] else 0
+
+    def fake_no_cuda(self) -> Path:
+        path = self.work / "cuda-checkpoint-none"
+        path.write_text(
+            "#!/bin/sh\n[ \"$1\" = --help ] && { echo '--get-state --action --toggle'; exit 0; }\n"
+            "echo 'no CUDA here' >&2; exit 3\n"
+        )
+        path.chmod(0o755)
+        return path
+
+    def read(self, path: str) -> str:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
+
+    def skip(self, why: str) -> int:
+        print(f"SKIP: {why}")
+        self.results["skipped"] = why
+        self.save()
+        return 0
+
+    def cleanup(self) -> None:
+        root = self.work / "runsc-root"
+        if not root.exists():
+            return
+        for name in os.listdir(root):
+            if (root / name).is_dir():
+                subprocess.run(
+                    [self.args.runsc, "--root", str(root), "delete", "--force", name],
+                    capture_output=True,
+                    check=False,
+                    timeout=60,
+                )
+
+    def save(self) -> None:
+        self.results["elapsed_s"] = round(time.monotonic() - self.start, 1)
+        (self.out / "gpu-results.json").write_text(json.dumps(self.results, indent=2))
+        (self.out / "gpu-check.log").write_text("\n".join(self.log_lines) + "\n")
+        for name in ("runsc-cuda.log", "log.json", "app/app.out"):
+            src = self.work / name
+            if src.exists():
+                shutil.copy(src, self.out / Path(name).name)
+        tails = []
+        debug = self.work / "runsc-debug"
+        if debug.is_dir():
+            for path in sorted(debug.iterdir()):
+                lines = path.read_text(errors="replace").splitlines()
+                tails.append(f"==> {path.name} ({len(lines)} lines)")
+                tails.extend(line[:400] for line in lines[-60:] if not line.startswith(("\t", "goroutine", " ")))
+        (self.out / "runsc-debug-tails.txt").write_text("\n".join(tails) + "\n")
+
+    def table(self) -> None:
+        print(
+            f"\n{'phase':<42} {'wall s':>7} {'freeze s':>8} {'save s':>7} {'thaw s':>7} {'image GiB':>9} "
+            f"{'GPU GiB/s':>9}"
+        )
+        for name, p in self.results["phases"].items():
+            t = p.get("timings", {})
+            freeze = t.get("lock", 0) + t.get("checkpoint", 0) + (t.get("toggle", 0) if "leave" not in name else 0)
+            thaw = t.get("restore", 0) + t.get("unlock", 0)
+            gibs = p.get("checkpoint_gib_per_s", "")
+            print(
+                f"{name:<42} {p['wall_s']:>7.2f} {freeze:>8.2f} {t.get('save', 0):>7.2f} {thaw:>7.2f} "
+                f"{p.get('image_bytes', 0) / (1 << 30):>9.2f} {gibs!s:>9}"
+            )
+        for name, c in self.results["checks"].items():
+            print(f"check: {name}: {c}")
+        for error in self.results["errors"]:
+            print(f"ERROR: {error}")
+        print(f"elapsed {self.results['elapsed_s']}s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runsc", required=True)
+    parser.add_argument("--cuda-checkpoint")
+    parser.add_argument("--gib", type=float, default=4.0)
+    parser.add_argument("--engines", default="exec,native")
+    parser.add_argument("--work", default="/tmp/runsc-cuda-gpu")
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/runsc-cuda-gpu-out"))
+    parser.add_argument("--cpu-smoke", action="store_true")
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    return Check(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
