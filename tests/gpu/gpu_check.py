@@ -368,12 +368,10 @@ class Check:
                 except Exception as e:  # keep going: every figure counts
                     self.results["errors"].append(f"{engine} leave-running: {e}")
                     self.say(f"ERROR {engine} leave-running: {e}")
-            n = 0
-            for engine in self.args.engines.split(","):
+            for n, engine in enumerate(self.args.engines.split(","), start=1):
                 if self.left() < 120:
                     self.results["errors"].append(f"out of time before {engine} stop/restore")
                     break
-                n += 1
                 try:
                     cid = self.stop_and_restore(cid, engine, f"gpu-{chr(ord('a') + n)}")
                 except Exception as e:
