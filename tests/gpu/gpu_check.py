@@ -35,7 +35,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DEADLINE_S = 7.5 * 60
+DEADLINE_S = 6.5 * 60
 CUDA_CHECKPOINT_PLACES = (
     "/usr/bin/cuda-checkpoint",
     "/usr/local/bin/cuda-checkpoint",
