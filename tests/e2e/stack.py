@@ -630,9 +630,9 @@ def unavailable_reason_from_install() -> str | None:
     """What scripts/ci-install.sh could not install on this machine, if it said so."""
     path = REPO / ".cache" / "e2e-unavailable"
     with contextlib.suppress(OSError):
-        text = path.read_text().strip()
-        if text:
-            return text
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if lines:
+            return "; ".join(lines)
     return None
 
 
