@@ -1,10 +1,15 @@
 """A recording OCI runtime: appends each call to a JSON-lines file, then runs the real runsc.
 
-Usage (from a wrapper script): recorder.py CALLS_FILE REAL_RUNSC ARGS...
+Usage (from a wrapper script): recorder.py CALLS_FILE TAG PROGRAM ARGS...
+
+PROGRAM is the real runsc (or runsc-cuda, to see what it is called with); TAG
+names the hop in the records.
 
 Each line: argv (as the caller gave it), cwd, exit status, start time and
 duration, the bytes this call added to the ``--log`` file, and what is in the
 --image-path / --work-path folders afterwards.  Signals are passed on to runsc.
+With RECORDER_SIDECAR set, a successful checkpoint also gets a file
+recorder-sidecar.json in its --image-path (to see whether it comes back on restore).
 """
 
 import json
@@ -52,7 +57,7 @@ def log_size(path):
 
 
 def main():
-    calls, runsc, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    calls, tag, runsc, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
     values = flag_values(args)
     log = values.get("log")
     before = log_size(log) if log else None
@@ -62,6 +67,7 @@ def main():
         signal.signal(sig, lambda s, _f: proc.send_signal(s))
     rc = proc.wait()
     record = {
+        "tag": tag,
         "argv": args,
         "cwd": os.getcwd(),
         "rc": rc,
@@ -75,6 +81,11 @@ def main():
                 record["log_added"] = f.read(4000).decode(errors="replace")
         except OSError as e:
             record["log_added"] = f"({e.strerror})"
+    image_path = values.get("image-path")
+    if os.environ.get("RECORDER_SIDECAR") and rc == 0 and "checkpoint" in args and image_path:
+        # Does a file written next to the image travel with the checkpoint? (see restore's listing)
+        with open(os.path.join(image_path, "recorder-sidecar.json"), "w") as f:
+            json.dump({"written_by": tag, "time": time.time()}, f)
     for name in ("image-path", "work-path"):
         if values.get(name) and os.path.isdir(values[name]):
             record[f"{name}_files"] = listing(values[name])

@@ -40,9 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_RUNSC = REPO / "scripts" / "build-runsc.sh"
 IMAGE = "runsc-cuda-e2e/busybox:1"
 CTR_NAMESPACE = "runsc-cuda-e2e"
-# Runtimes registered with dockerd, by name: the real runsc (for comparison),
-# runsc-cuda, and a recorder that logs every call and then runs the real runsc.
-RUNTIMES = ("runsc", "runsc-cuda", "runsc-rec")
 FAKE_CUDA_CHECKPOINT = """#!/bin/sh
 # A stand-in for the host's cuda-checkpoint (this machine has no GPU).
 echo "fake-cuda-checkpoint $*"
@@ -197,12 +194,23 @@ def wait_for(what: str, probe: Callable[[], bool], timeout: float, interval: flo
 
 @dataclass
 class Stack:
-    """A private containerd + dockerd with runsc and runsc-cuda registered, under ``root``."""
+    """A private containerd + dockerd under ``root``.
+
+    dockerd's runtimes: ``runsc`` (the real one, for comparison), ``runsc-cuda``
+    (bin/runsc-cuda: the project's program with its own config), ``runsc-rec``
+    (records every call in recorded_calls, then runs the real runsc).
+    """
 
     root: Path
     tools: Tools
     runsc_cuda: str  # the runsc-cuda program (the venv's console script)
     pids: dict[str, int] = field(default_factory=dict)
+    # More runtimes for dockerd, name -> program (written before start, e.g. by write_recorder).
+    extra_runtimes: dict[str, str] = field(default_factory=dict)
+    runtime_args: dict[str, list[str]] = field(default_factory=dict)  # runtime name -> its runtimeArgs
+    # containerd's TMPDIR inside root: it makes /tmp/ctd-checkpoint* for checkpoints and
+    # never removes the /tmp/ctrd-checkpoint* of a restore. False: the host's /tmp, as in production.
+    private_tmp: bool = True
 
     # --- layout -----------------------------------------------------------------------
 
@@ -238,6 +246,10 @@ class Stack:
     @property
     def recorded_calls(self) -> Path:
         return self.root / "recorded-calls.jsonl"
+
+    @property
+    def runsc_cuda_config(self) -> Path:
+        return self.root / "runsc-cuda.toml"
 
     @property
     def fake_cuda_checkpoint(self) -> Path:
@@ -307,7 +319,7 @@ class Stack:
         (self.root / "docker-config").mkdir(exist_ok=True)
         self.ctr_runc_root.mkdir(exist_ok=True)
         write_exec(self.fake_cuda_checkpoint, FAKE_CUDA_CHECKPOINT)
-        config = self.root / "runsc-cuda.toml"
+        config = self.runsc_cuda_config
         config.write_text(
             "\n".join(
                 [
@@ -326,24 +338,19 @@ class Stack:
             f"#!/bin/sh\nRUNSC_CUDA_CONFIG={shlex.quote(str(config))}\nexport RUNSC_CUDA_CONFIG\n"
             f'exec {shlex.quote(self.runsc_cuda)} "$@"\n',
         )
-        recorder = Path(__file__).with_name("recorder.py")
-        write_exec(
-            self.bin / "runsc-rec",
-            f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -S {shlex.quote(str(recorder))} "
-            f'{shlex.quote(str(self.recorded_calls))} {shlex.quote(self.tools.runsc)} "$@"\n',
-        )
+        self.write_recorder("runsc-rec", "runsc", self.tools.runsc)
         paths = {
             "runsc": self.tools.runsc,
             "runsc-cuda": str(self.bin / "runsc-cuda"),
             "runsc-rec": str(self.bin / "runsc-rec"),
+            **self.extra_runtimes,
         }
-        runtime_args = shlex.split(os.environ.get("RUNSC_CUDA_E2E_RUNSC_ARGS", ""))
-        daemon = {
-            "runtimes": {
-                name: {"path": paths[name], **({"runtimeArgs": runtime_args} if runtime_args else {})}
-                for name in RUNTIMES
-            }
-        }
+        common = shlex.split(os.environ.get("RUNSC_CUDA_E2E_RUNSC_ARGS", ""))
+        runtimes: dict[str, dict[str, Any]] = {}
+        for name, path in paths.items():
+            args = [*common, *self.runtime_args.get(name, [])]
+            runtimes[name] = {"path": path, **({"runtimeArgs": args} if args else {})}
+        daemon = {"runtimes": runtimes}
         (self.root / "daemon.json").write_text(json.dumps(daemon, indent=2))
         (self.root / "containerd.toml").write_text(
             "\n".join(
@@ -363,11 +370,22 @@ class Stack:
             )
         )
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def write_recorder(self, name: str, tag: str, program: str) -> Path:
+        """bin/NAME: a runtime that records each call (tagged TAG) in recorded_calls, then runs PROGRAM."""
+        recorder = Path(__file__).with_name("recorder.py")
+        path = self.bin / name
+        write_exec(
+            path,
+            f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -S {shlex.quote(str(recorder))} "
+            f'{shlex.quote(str(self.recorded_calls))} {shlex.quote(tag)} {shlex.quote(program)} "$@"\n',
+        )
+        return path
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the daemon owns it
         try:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         finally:
             log.close()
@@ -392,7 +410,12 @@ class Stack:
             ) from None
 
     def _start_containerd(self) -> None:
-        proc = self._spawn("containerd", [self.tools.containerd, "--config", str(self.root / "containerd.toml")])
+        env = dict(os.environ)
+        if self.private_tmp:
+            (self.root / "tmp").mkdir(exist_ok=True)
+            env["TMPDIR"] = str(self.root / "tmp")
+            env.pop("XDG_RUNTIME_DIR", None)  # containerd prefers it for checkpoint images
+        proc = self._spawn("containerd", [self.tools.containerd, "--config", str(self.root / "containerd.toml")], env)
 
         def probe() -> bool:
             return self.containerd_sock.exists() and self.ctr("version", check=False, timeout=10).returncode == 0
@@ -524,7 +547,7 @@ class Stack:
     # --- persistence (for `stack.py up/down`) ----------------------------------------
 
     def _save(self) -> None:
-        state = {"tools": asdict(self.tools), "runsc_cuda": self.runsc_cuda, "pids": self.pids}
+        state = {"tools": asdict(self.tools), "runsc_cuda": self.runsc_cuda, "pids": self.pids}  # for load()
         (self.root / "stack.json").write_text(json.dumps(state, indent=2))
 
     @classmethod

@@ -173,3 +173,19 @@ def test_checkpoint_leave_running_keeps_the_container_counting(
     before = docker.count(name)
     wait_for("counting to go on", lambda: docker.count(name) > before + 2, 15)
     assert [line.strip() for line in stack.docker("checkpoint", "ls", name).stdout.splitlines()[1:]] == ["cp"]
+
+
+def test_gpu_container_restored_from_a_checkpoint_still_has_cuda_checkpoint_mounted(
+    docker: DockerContainers, stack: Stack
+) -> None:
+    """Docker writes a fresh bundle for `start --checkpoint` (no `create`): runsc-cuda must add
+    the same mount on `restore`, or runsc refuses the restore (it compares the mounts)."""
+    name = docker.start_counter("runsc-cuda", *FAKE_GPU)
+    stack.docker("checkpoint", "create", name, "cp", timeout=120)
+    wait_for("the checkpointed container to stop", lambda: docker.inspect(name)["State"]["Status"] == "exited", 30)
+    saved = int(docker.logged_lines(name)[-1])
+    stack.docker("start", "--checkpoint", "cp", name, timeout=120)
+    assert docker.count(name) >= saved
+    assert stack.docker("exec", name, "cat", CUDA_CHECKPOINT).stdout == FAKE_CUDA_CHECKPOINT
+    said = [(r.get("verb"), str(r.get("msg"))) for r in detail_records(stack, docker.container_id(name))]
+    assert [verb for verb, msg in said if "mounted" in msg and "read-only" in msg] == ["create", "restore"]
