@@ -165,11 +165,18 @@ class Result:
         return f"`{cmd}` exited {self.returncode}\nstdout: {tail(self.stdout)}\nstderr: {tail(self.stderr)}"
 
 
-def run(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None, stdin: str | None = None) -> Result:
+def run(
+    argv: Sequence[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    cwd: str | None = None,
+) -> Result:
     """Run a program to completion; a timeout is a test failure that says which call hung."""
     try:
         done = subprocess.run(
             list(argv),
+            cwd=cwd,
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
