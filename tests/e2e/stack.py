@@ -77,11 +77,12 @@ class Tools:
                 missing.append(name)
             else:
                 found[name] = hit
-        # The docker client that came with dockerd: a newer client elsewhere on
-        # PATH talks a newer API (and options this daemon ignores).
+        # The docker client that came with dockerd (Debian: /usr/sbin/dockerd, /usr/bin/docker):
+        # a newer client earlier on PATH talks a newer API, and its new options are ignored.
         if "dockerd" in found:
-            beside = Path(found["dockerd"]).with_name("docker")
-            hit = str(beside) if os.access(beside, os.X_OK) else shutil.which("docker", path=path)
+            sbin = Path(found["dockerd"]).resolve().parent
+            packaged = [p for p in (sbin / "docker", sbin.parent / "bin" / "docker") if os.access(p, os.X_OK)]
+            hit = str(packaged[0]) if packaged else shutil.which("docker", path=path)
             if hit is None:
                 missing.append("docker")
             else:

@@ -158,7 +158,7 @@ def test_checkpoint_then_start_from_it_resumes_the_count(docker: DockerContainer
     wait_for("the checkpointed container to stop", lambda: docker.inspect(name)["State"]["Status"] == "exited", 30)
     saved = int(docker.logged_lines(name)[-1])
     assert saved >= 15
-    stack.docker("start", "--checkpoint", "cp", name, timeout=120)
+    docker.start_from_checkpoint(name, "cp")
     assert docker.count(name) >= saved
     wait_for("counting to go on", lambda: docker.count(name) > saved + 2, 15)
 
@@ -184,7 +184,7 @@ def test_gpu_container_restored_from_a_checkpoint_still_has_cuda_checkpoint_moun
     stack.docker("checkpoint", "create", name, "cp", timeout=120)
     wait_for("the checkpointed container to stop", lambda: docker.inspect(name)["State"]["Status"] == "exited", 30)
     saved = int(docker.logged_lines(name)[-1])
-    stack.docker("start", "--checkpoint", "cp", name, timeout=120)
+    docker.start_from_checkpoint(name, "cp")
     assert docker.count(name) >= saved
     assert stack.docker("exec", name, "cat", CUDA_CHECKPOINT).stdout == FAKE_CUDA_CHECKPOINT
     said = [(r.get("verb"), str(r.get("msg"))) for r in detail_records(stack, docker.container_id(name))]
