@@ -358,7 +358,8 @@ class Stack:
         for name, path in paths.items():
             args = [*common, *self.runtime_args.get(name, [])]
             runtimes[name] = {"path": path, **({"runtimeArgs": args} if args else {})}
-        daemon = {"runtimes": runtimes}
+        # deprecated-key-path: else dockerd 20.10 writes its trust key to /etc/docker/key.json
+        daemon = {"runtimes": runtimes, "deprecated-key-path": str(self.root / "key.json")}
         (self.root / "daemon.json").write_text(json.dumps(daemon, indent=2))
         (self.root / "containerd.toml").write_text(
             "\n".join(
