@@ -3,8 +3,10 @@
 Everything lives under one temporary folder (short, because unix socket paths
 are limited to 107 bytes): containerd's root, state and socket, dockerd's
 data-root, exec-root, socket and pidfile, the runsc-cuda wrapper, its config
-and logs, the fake host cuda-checkpoint.  Nothing is installed on the host and
-nothing of the host's own Docker or containerd (if any) is used or touched.
+and logs, the fake host cuda-checkpoint, containerd's TMPDIR, dockerd's trust
+key.  Nothing is installed on the host and nothing of the host's own Docker or
+containerd (if any) is used; only empty folders appear outside: dockerd's
+/run/docker/plugins and the shims' /run/containerd/{s,fifo} (fixed paths).
 
 ``Stack.start`` raises ``Unavailable`` with a reason when the machine cannot
 run the stack (the tests then skip with that reason); ``Stack.stop`` kills what
@@ -306,11 +308,6 @@ class Stack:
                 out.append(json.loads(line))
         return out
 
-    def recorder_calls(self) -> list[dict[str, Any]]:
-        if not self.recorded_calls.exists():
-            return []
-        return [json.loads(line) for line in self.recorded_calls.read_text().splitlines() if line.strip()]
-
     # --- start ------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -511,16 +508,8 @@ class Stack:
         return notes
 
     def _remove_ctr_containers(self) -> None:
+        """What the ctr tests left in the e2e namespace (``tasks delete --force`` kills a running task)."""
         for task in self.ctr("tasks", "list", "--quiet", check=False, timeout=20).stdout.split():
-            self.ctr("tasks", "kill", "--signal", "SIGKILL", task, check=False, timeout=20)
-            with contextlib.suppress(TimeoutError):
-                wait_for(
-                    f"task {task} to stop",
-                    lambda t=task: (
-                        "RUNNING" not in self.ctr("tasks", "list", check=False, timeout=20).stdout.split(t)[-1][:60]
-                    ),  # type: ignore[misc]
-                    15,
-                )
             self.ctr("tasks", "delete", "--force", task, check=False, timeout=30)
         for container in self.ctr("containers", "list", "--quiet", check=False, timeout=20).stdout.split():
             self.ctr("containers", "delete", container, check=False, timeout=30)
