@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Install what the end-to-end tests (tests/e2e) need, then build the pinned runsc.
+#
+# Idempotent and non-interactive: installs only what is missing (Debian/Ubuntu
+# apt-get, as root), reuses the runsc build in .cache/runsc.  It never fails
+# the CI run for something this machine cannot have: it writes the reason to
+# .cache/e2e-unavailable instead, and the e2e tests skip with that reason.
+# It exits non-zero only if it is itself broken.
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+reason_file=$repo/.cache/e2e-unavailable
+mkdir -p "$repo/.cache"
+rm -f "$reason_file"
+
+say() { printf 'ci-install: %s\n' "$*" >&2; }
+unavailable() {
+    say "e2e tests will be skipped: $*"
+    printf '%s\n' "$*" >>"$reason_file"
+}
+
+is_static() { # ldd (libc-bin, always there on Debian) says so of static programs
+    local out
+    [ -x "$1" ] && out=$(LC_ALL=C ldd "$1" 2>&1)
+    [[ ${out:-} == *"not a dynamic executable"* ]]
+}
+
+# command (or test) -> Debian package that provides it
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v containerd >/dev/null && command -v ctr >/dev/null || missing+=(containerd)
+command -v containerd-shim-runc-v2 >/dev/null || missing+=(containerd)
+is_static /bin/busybox || missing+=(busybox-static)
+command -v criu >/dev/null || missing+=(criu) # containerd's CRI checkpoint wants one, even for runsc
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        unavailable "not root, cannot install ${missing[*]}"
+    elif ! command -v apt-get >/dev/null; then
+        unavailable "no apt-get to install ${missing[*]}"
+    else
+        say "installing ${missing[*]}"
+        # Keep the packages' services from starting a host dockerd/containerd.
+        policy=/usr/sbin/policy-rc.d
+        added_policy=
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added_policy=1
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        apt_opts=(-q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+        log=$(mktemp)
+        if ! timeout 600 apt-get "${apt_opts[@]}" update >"$log" 2>&1; then
+            say "apt-get update failed (going on with the lists there are): $(tail -n 3 "$log")"
+        fi
+        if ! timeout 900 apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+            say "apt-get install ${missing[*]} failed:"
+            tail -n 20 "$log" >&2
+            # Whatever did get installed may still be enough: the checks below decide.
+        fi
+        rm -f "$log"
+        [ -n "$added_policy" ] && rm -f "$policy"
+    fi
+fi
+
+# What the e2e stack cannot do without (criu is nice to have).
+for tool in dockerd docker containerd ctr containerd-shim-runc-v2; do
+    command -v "$tool" >/dev/null || unavailable "$tool is not installed (Debian: docker.io, containerd)"
+done
+is_static /bin/busybox || unavailable "/bin/busybox is missing or not static (Debian: busybox-static)"
+command -v criu >/dev/null || say "warning: no criu (only Kubernetes checkpoints need it)"
+
+if runsc=$(bash "$repo/scripts/build-runsc.sh"); then
+    say "runsc: $runsc"
+else
+    unavailable "scripts/build-runsc.sh could not build runsc (its error is above)"
+fi
+[ -e "$reason_file" ] || say "the e2e tests can run"
+exit 0
