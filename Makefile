@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test lint
+.PHONY: venv test lint bench
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,5 +14,9 @@ test: venv
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check runsc_cuda tests
+	$(VENV)/bin/ruff check runsc_cuda tests bench
 	$(VENV)/bin/mypy
+
+# Benchmarks (never timed tests).  bench/passthrough.py: the pass-through cost.
+bench: venv
+	$(PY) bench/passthrough.py
