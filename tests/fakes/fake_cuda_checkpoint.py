@@ -63,6 +63,15 @@ Operations:
 --help
 """
 
+# What a driver-550 cuda-checkpoint shows: --toggle is its only operation.
+USAGE_550 = """CUDA checkpoint and restore utility.
+Version 550.54.15. Copyright (C) 2024 NVIDIA Corporation. All rights reserved.
+
+Operations:
+--toggle --pid <pid>
+--help
+"""
+
 LEGAL = {
     "lock": ("running", "locked"),
     "checkpoint": ("locked", "checkpointed"),
@@ -103,7 +112,7 @@ def parse(argv: list[str], old_driver: bool) -> dict[str, str]:
             raise Exit(1, f"Unrecognized option {token!r}\n{USAGE}")
         i += 1
     if "--help" in opts:
-        raise Exit(0, USAGE)
+        raise Exit(0, USAGE_550 if old_driver else USAGE)
     ops = [k for k in ("--get-state", "--toggle", "--get-restore-tid", "--action") if k in opts]
     if len(ops) != 1 or "--pid" not in opts:
         raise Exit(1, f"Exactly one operation and --pid are required\n{USAGE}")
