@@ -1,8 +1,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+BUILD := $(PY) packaging/build.py
 
-.PHONY: venv test lint demo bench
+.PHONY: venv test lint demo bench dist deb test-binary clean-dist
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -10,15 +11,40 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# PyInstaller, for the binary (pyproject's [dist] extra).
+$(VENV)/.dist-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,dist]'
+	touch $@
+
 test: lint
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check runsc_cuda tests bench scripts
+	$(VENV)/bin/ruff check runsc_cuda tests bench scripts packaging
 	$(VENV)/bin/mypy
 
+# The onedir binary (build/pyinstaller/dist/runsc-cuda), unpacked in
+# dist/runsc-cuda-<version>-linux-<arch>/ and packed as
+# dist/runsc-cuda-<version>-linux-<arch>.tar.gz with its .sha256.
+dist: $(VENV)/.dist-installed
+	$(BUILD) dist
+
+# dist/runsc-cuda_<version>_<debarch>.deb (and .sha256), from the binary.
+deb: dist
+	$(BUILD) deb
+
+# The whole suite against the Python module and the built binary and .deb.
+test-binary: deb
+	RUNSC_CUDA_TEST_BINARY="$$($(BUILD) binary-path)" RUNSC_CUDA_TEST_DEB="$$($(BUILD) deb-path)" $(PY) -m pytest -q
+
+# Benchmarks (never timed tests): the pass-through cost, exec-engine freeze/thaw scaling.
+bench: venv
+	$(PY) bench/passthrough.py
+	$(PY) bench/freeze.py
+
+# create -> start -> checkpoint -> restore -> delete of a GPU container over the fake runsc.
 demo: venv
 	$(PY) scripts/demo.py
 
-bench: venv
-	$(PY) bench/freeze.py
+clean-dist:
+	rm -rf build/pyinstaller dist

@@ -10,7 +10,7 @@ from runsc_cuda.argv import ArgvError, CommandLine, parse
 from runsc_cuda.errors import ShimError
 from runsc_cuda.runtime import exec_runsc, find_runsc
 
-INTERCEPTED = frozenset({"create", "run", "restore", "checkpoint"})
+INTERCEPTED = frozenset({"create", "run", "restore", "checkpoint", "doctor"})
 
 
 def _early_error(cmd: CommandLine | None, message: str) -> None:

@@ -140,7 +140,7 @@ def _apply(cfg: Config, values: Mapping[str, Any], where: str, from_env: bool) -
         if kind is None:
             raise ShimError(f"{where}: unknown key {key!r}")
         label = _label(key, where, from_env)
-        if kind.endswith("| None") and from_env and value == "":
+        if kind.endswith("| None") and value == "":  # "" means unset, in the file as in the env
             changes[key] = None
             continue
         changes[key] = _coerce(key, value, kind.replace(" | None", ""), label, from_env)

@@ -37,7 +37,21 @@ HANDLERS: dict[str, Callable[[Session], int]] = {
 }
 
 
+def _doctor(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    from runsc_cuda import doctor
+
+    return doctor.main(cmd, environ)
+
+
+# Verbs that run without a session: doctor reports what would make opening one fail.
+SESSIONLESS: dict[str, Callable[[CommandLine, Mapping[str, str]], int]] = {
+    "doctor": _doctor,
+}
+
+
 def main(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    if cmd.verb in SESSIONLESS:
+        return SESSIONLESS[cmd.verb or ""](cmd, environ)
     report = logs.Reporter(runtime_log_for(cmd), None)
     try:
         session = open_session(cmd, environ, report)

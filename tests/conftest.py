@@ -29,6 +29,47 @@ def fixture_spec(name: str) -> dict[str, Any]:
         return dict(json.load(f))
 
 
+# The entry points every `shim` test runs against: the Python module, and the
+# PyInstaller onedir binary when one is named (`make test-binary` builds one and
+# names it).  Without a binary those cases skip and say why.
+ENV_TEST_BINARY = "RUNSC_CUDA_TEST_BINARY"
+ENTRY_POINTS = ("python", "binary")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--binary",
+        default=os.environ.get(ENV_TEST_BINARY, ""),
+        help=f"a built runsc-cuda binary to run the shim tests against too (env {ENV_TEST_BINARY})",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    binary = config.getoption("--binary")
+    if binary and not os.access(binary, os.X_OK):
+        raise pytest.UsageError(f"--binary / {ENV_TEST_BINARY}: {binary} is not an executable file")
+
+
+def entry_command(config: pytest.Config, kind: str) -> list[str]:
+    """The command line that starts runsc-cuda for an entry point (skips when there is none)."""
+    if kind == "python":
+        return [sys.executable, "-m", "runsc_cuda"]
+    binary = config.getoption("--binary")
+    if not binary:
+        pytest.skip(f"no built binary (make test-binary, or {ENV_TEST_BINARY}=PATH)")
+    return [os.path.abspath(binary)]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    binary = config.getoption("--binary")
+    if binary:
+        return f"runsc-cuda entry points: python module, binary {binary}"
+    return (
+        "runsc-cuda entry points: python module only; the [binary] cases skip. `make test-binary` builds "
+        f"the binary and runs them, or set {ENV_TEST_BINARY}=dist/runsc-cuda-<version>-linux-<arch>/runsc-cuda"
+    )
+
+
 @dataclass
 class Shim:
     """runsc-cuda over the fake runsc, in a private root, with its own config."""
@@ -39,6 +80,7 @@ class Shim:
     env: dict[str, str]
     fakes: dict[str, str]
     command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "runsc_cuda"])
+    entry: str = "python"  # or "binary"
 
     def bundle(self, name: str = "plain", spec: dict[str, Any] | None = None, raw: bytes | None = None) -> Path:
         folder = self.tmp / "bundles" / name
@@ -138,8 +180,10 @@ class Shim:
         return path
 
 
-@pytest.fixture
-def shim(tmp_path: Path) -> Iterator[Shim]:
+@pytest.fixture(params=ENTRY_POINTS)
+def shim(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shim]:
+    """runsc-cuda as the Python module, and as the built binary (see ENTRY_POINTS)."""
+    command = entry_command(request.config, request.param)
     bin_dir = tmp_path / "bin"
     paths = fakes.install(str(bin_dir))
     root = tmp_path / "root"
@@ -154,6 +198,8 @@ def shim(tmp_path: Path) -> Iterator[Shim]:
         "RUNSC_CUDA_CUDA_CALL_TIMEOUT_S": "20",
         "HOME": str(tmp_path),
     }
+    if request.param == "binary":
+        del env["PYTHONPATH"]  # the binary carries its own runsc_cuda
     (tmp_path / "no-config.toml").write_text("")
-    yield Shim(tmp_path, bin_dir, root, env, paths)
+    yield Shim(tmp_path, bin_dir, root, env, paths, command, request.param)
     shutil.rmtree(tmp_path / "state", ignore_errors=True)

@@ -228,3 +228,12 @@ def test_exec_engine_refuses_a_driver_without_get_state(shim: Shim) -> None:
     assert "driver 555 or later" in shim.last_error(bundle)
     assert shim.status("c1") == "paused"
     assert shim.cuda_states("c1") == {10: "running", 11: "running"}
+
+
+def test_checkpoint_works_from_any_folder_not_only_the_bundle(shim: Shim) -> None:
+    # The e2e suite found this: runsc-cuda must find the bundle through `runsc state`, never the cwd.
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    bundle = shim.gpu_container("c1", PIDS, CUDA)
+    out = shim.docker(bundle, "checkpoint", "--image-path", str(shim.tmp / "i"), "--leave-running", "c1", cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((shim.tmp / "i" / "runsc-cuda.json").read_text())["cuda_processes"]

@@ -32,15 +32,6 @@ def test_plain_runsc_checkpoints_a_container_from_any_folder(docker: DockerConta
     assert (image / "checkpoint.img").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runsc-cuda bug: `checkpoint` goes through the create handler, which reads config.json from the "
-        "bundle named by --bundle, else the cwd; checkpoint has no --bundle, so from any folder but the "
-        "bundle it fails with 'runsc-cuda: /config.json: no such file' (exit 1) where runsc succeeds. "
-        "containerd happens to run the runtime in the bundle folder, so Docker and ctr are not affected."
-    ),
-)
 def test_runsc_cuda_checkpoints_a_container_from_any_folder_like_runsc(docker: DockerContainers, stack: Stack) -> None:
     name = docker.start_counter("runsc-cuda")
     image = stack.root / f"by-hand-{name}"

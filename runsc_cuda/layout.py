@@ -1,0 +1,29 @@
+"""Where runsc-cuda and the programs around it live on an installed host.
+
+One table for the .deb, the ready configs in packaging/, ``runsc-cuda doctor``
+and the docs; tests check that they all agree with it.
+"""
+
+from __future__ import annotations
+
+from runsc_cuda.runtime import DEFAULT_CONFIG
+
+# The runtime name: Docker's runtimes key, containerd's runtime (the CRI
+# handler), Kubernetes' RuntimeClass handler.
+RUNTIME_NAME = "runsc-cuda"
+# The .deb's layout.
+BIN_PATH = "/usr/bin/runsc-cuda"
+LIB_DIR = "/usr/lib/runsc-cuda"
+CONFIG_PATH = DEFAULT_CONFIG
+DOC_DIR = "/usr/share/doc/runsc-cuda"
+# What the engines' configs are read from by default.
+DOCKER_CONFIG = "/etc/docker/daemon.json"
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+PROC_DRIVER_NVIDIA = "/proc/driver/nvidia"
+# containerd's CRI plugin, by config version.
+CONTAINERD_CRI_PLUGIN = {
+    2: "io.containerd.grpc.v1.cri",  # containerd 1.x
+    3: "io.containerd.cri.v1.runtime",  # containerd 2.x
+}
+RUNC_V2_SHIM = "io.containerd.runc.v2"
+RUNSC_V1_SHIM = "io.containerd.runsc.v1"
