@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BUILD := $(PY) packaging/build.py
 
-.PHONY: venv test lint demo bench dist deb test-binary clean-dist
+.PHONY: venv test check lint demo bench dist deb test-binary clean-dist
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,13 @@ $(VENV)/.dist-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev,dist]'
 	touch $@
 
-test: lint
+# What CI runs (.ci/run): lint, build the binary and the .deb, then the whole suite
+# against the Python entry point, the binary and the unpacked .deb.
+test: lint deb
+	RUNSC_CUDA_TEST_BINARY="$$($(BUILD) binary-path)" RUNSC_CUDA_TEST_DEB="$$($(BUILD) deb-path)" $(PY) -m pytest -q
+
+# The quick loop while developing: lint and the suite against the Python entry point only.
+check: lint
 	$(PY) -m pytest -q
 
 lint: venv
@@ -33,9 +39,7 @@ dist: $(VENV)/.dist-installed
 deb: dist
 	$(BUILD) deb
 
-# The whole suite against the Python module and the built binary and .deb.
-test-binary: deb
-	RUNSC_CUDA_TEST_BINARY="$$($(BUILD) binary-path)" RUNSC_CUDA_TEST_DEB="$$($(BUILD) deb-path)" $(PY) -m pytest -q
+test-binary: test
 
 # Benchmarks (never timed tests): the pass-through cost, exec-engine freeze/thaw scaling.
 bench: venv

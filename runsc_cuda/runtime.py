@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
 
 from runsc_cuda.errors import ShimError
+
+TYPE_CHECKING = False  # typing itself costs ~4 ms to import; mypy honours this spelling
+if TYPE_CHECKING:
+    from collections.abc import Mapping  # collections.abc pulls in collections: ~3 ms per call
 
 DEFAULT_CONFIG = "/etc/runsc-cuda/config.toml"
 ENV_CONFIG = "RUNSC_CUDA_CONFIG"
@@ -155,7 +158,15 @@ def child_environ(environ: Mapping[str, str]) -> dict[str, str]:
         if orig is not None:
             env["LD_LIBRARY_PATH"] = orig
         else:
-            env.pop("LD_LIBRARY_PATH", None)
+            # Some bootloaders (6.22's onedir) leave it alone; strip only the bundle's own folder.
+            bundle = getattr(sys, "_MEIPASS", None)
+            parts = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != bundle]
+            if parts:
+                env["LD_LIBRARY_PATH"] = os.pathsep.join(parts)
+            else:
+                env.pop("LD_LIBRARY_PATH", None)
+        for name in [k for k in env if k.startswith("_PYI_")]:
+            del env[name]  # the bootloader's own variables would confuse another PyInstaller program
     return env
 
 
