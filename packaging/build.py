@@ -126,9 +126,7 @@ def add_docs(tree: Path) -> None:
     for name in EXAMPLES:
         shutil.copytree(HERE / name, tree / "examples" / name)
     shutil.copy2(HERE / "README.md", tree / "examples" / "README.md")
-    for doc in ("README.md", "docs/packaging.md"):
-        if (REPO / doc).exists():
-            shutil.copy2(REPO / doc, tree / Path(doc).name)
+    shutil.copy2(REPO / "README.md", tree / "README.md")
 
 
 def stage_tree(bundle: Path, dist: Path = DIST) -> Path:
@@ -274,8 +272,7 @@ def stage_deb(bundle: Path, root: Path, version: str, arch: str, maintainer: str
     for name in EXAMPLES:
         shutil.copytree(HERE / name, doc / "examples" / name)
     shutil.copy2(HERE / "README.md", doc / "examples" / "README.md")
-    if (REPO / "docs" / "packaging.md").exists():
-        shutil.copy2(REPO / "docs" / "packaging.md", doc / "packaging.md")
+    shutil.copy2(REPO / "README.md", doc / "README.md")
     for p in doc.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
 

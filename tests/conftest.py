@@ -30,7 +30,7 @@ def fixture_spec(name: str) -> dict[str, Any]:
 
 
 # The entry points every `shim` test runs against: the Python module, and the
-# PyInstaller onedir binary when one is named (`make test-binary` builds one and
+# PyInstaller onedir binary when one is named (`make test` builds one and
 # names it).  Without a binary those cases skip and say why.
 ENV_TEST_BINARY = "RUNSC_CUDA_TEST_BINARY"
 ENTRY_POINTS = ("python", "binary")
@@ -56,7 +56,7 @@ def entry_command(config: pytest.Config, kind: str) -> list[str]:
         return [sys.executable, "-m", "runsc_cuda"]
     binary = config.getoption("--binary")
     if not binary:
-        pytest.skip(f"no built binary (make test-binary, or {ENV_TEST_BINARY}=PATH)")
+        pytest.skip(f"no built binary (make test, or {ENV_TEST_BINARY}=PATH)")
     return [os.path.abspath(binary)]
 
 
@@ -65,7 +65,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     if binary:
         return f"runsc-cuda entry points: python module, binary {binary}"
     return (
-        "runsc-cuda entry points: python module only; the [binary] cases skip. `make test-binary` builds "
+        "runsc-cuda entry points: python module only; the [binary] cases skip. `make test` builds "
         f"the binary and runs them, or set {ENV_TEST_BINARY}=dist/runsc-cuda-<version>-linux-<arch>/runsc-cuda"
     )
 

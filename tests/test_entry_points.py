@@ -1,6 +1,6 @@
 """The same behaviour from every entry point: `python -m runsc_cuda` and the built onedir binary.
 
-Every test here takes the parametrised ``shim`` fixture, so ``make test-binary``
+Every test here takes the parametrised ``shim`` fixture, so ``make test``
 runs them against the binary too (see conftest.ENTRY_POINTS).  They cover what
 a frozen build can get wrong: exec in place, the environment runsc sees, the
 modules that are imported lazily (jsonschema and its data files,

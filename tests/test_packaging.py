@@ -2,7 +2,7 @@
 
 The .deb tests build a package from a stand-in onedir bundle (a script that
 runs ``python -m runsc_cuda``), so they run everywhere dpkg-deb does.  With
-``RUNSC_CUDA_TEST_DEB`` (``make test-binary`` sets it) the same tests also
+``RUNSC_CUDA_TEST_DEB`` (``make test`` sets it) the same tests also
 check the real package built from the PyInstaller binary.
 """
 
@@ -198,7 +198,7 @@ def test_tarball_is_reproducible_and_root_owned(tmp_path: Path) -> None:
 def test_built_tarball_and_checksum(pytestconfig: pytest.Config) -> None:
     binary = pytestconfig.getoption("--binary")
     if not binary:
-        pytest.skip("no built binary (make test-binary)")
+        pytest.skip("no built binary (make test)")
     tree = Path(binary).resolve().parent
     tarball = tree.with_name(tree.name + ".tar.gz")
     checksum = tarball.with_name(tarball.name + ".sha256")
@@ -214,7 +214,7 @@ def test_built_binary_runs_no_runtime_hooks(pytestconfig: pytest.Config) -> None
     binary = pytestconfig.getoption("--binary")
     viewer = Path(sys.executable).with_name("pyi-archive_viewer")
     if not binary or not viewer.exists():
-        pytest.skip("no built binary, or no PyInstaller to inspect it (make test-binary)")
+        pytest.skip("no built binary, or no PyInstaller to inspect it (make test)")
     out = subprocess.run([str(viewer), "-l", binary], capture_output=True, text=True, check=True, timeout=60)
     scripts = [line.split(",")[-1].strip().strip("'") for line in out.stdout.splitlines() if ", 's', " in line]
     assert sorted(scripts) == ["__main__", "pyiboot01_bootstrap"]
@@ -246,7 +246,7 @@ def deb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     if request.param == "built":
         path = os.environ.get(ENV_TEST_DEB)
         if not path:
-            pytest.skip(f"no built .deb (make test-binary, or {ENV_TEST_DEB}=dist/runsc-cuda_<v>_<arch>.deb)")
+            pytest.skip(f"no built .deb (make test, or {ENV_TEST_DEB}=dist/runsc-cuda_<v>_<arch>.deb)")
         return Deb(Path(path).resolve(), True)
     folder = tmp_path_factory.mktemp("deb")
     return Deb(Path(build.build_deb(stand_in_bundle(folder / "bundle"), folder / "out", "9.9.9", "x86_64")), False)
