@@ -122,9 +122,10 @@ def detail_logger(path: str | None, level: str) -> logging.Logger:
         handler = logging.NullHandler()
     handler.setFormatter(
         JsonFormatter(
-            "{asctime}{levelname}{message}",
+            "{levelname}{message}",
             style="{",
-            rename_fields={"asctime": "time", "levelname": "level", "message": "msg"},
+            rename_fields={"levelname": "level", "message": "msg"},
+            timestamp="time",  # ISO 8601 in UTC
         )
     )
     logger.addHandler(handler)
