@@ -417,6 +417,9 @@ class Check:
                     check=False,
                     timeout=60,
                 )
+        netns = root / "null-netns"  # runsc pins a network namespace there with a bind mount
+        if netns.exists():
+            subprocess.run(["umount", str(netns)], capture_output=True, check=False, timeout=30)
 
     def save(self) -> None:
         self.results["elapsed_s"] = round(time.monotonic() - self.start, 1)
