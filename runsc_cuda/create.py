@@ -76,8 +76,9 @@ def patch_bundle(session: Session, bundle_path: str, cid: str | None) -> spec.Gp
     return gpu
 
 
-def prepare(session: Session, verb: str) -> Prepared:
-    args = translated_args(session, verb)
+def prepare(session: Session, verb: str, args: VerbArgs | None = None) -> Prepared:
+    """Patch the bundle of a create/run/restore call; ``args`` when already translated."""
+    args = translated_args(session, verb) if args is None else args
     cid = container_id(args)
     bundle_path = spec.bundle_dir(args.value("bundle"), session.cwd)
     gpu = patch_bundle(session, bundle_path, cid)

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from runsc_cuda import cuda, host, sidecar
-from runsc_cuda.create import Prepared, prepare
+from runsc_cuda.create import Prepared, container_id, prepare, translated_args
 from runsc_cuda.errors import ShimError
 from runsc_cuda.freeze import Freezer, StepError, Timeouts
 from runsc_cuda.lock import container_lock
@@ -21,14 +21,15 @@ from runsc_cuda.signals import forwarded_to
 
 
 def handle(session: Session) -> int:
-    prepared = prepare(session, "restore")
-    image = prepared.args.value("image-path")
+    args = translated_args(session, "restore")
+    image = args.value("image-path")
     record = sidecar.read(image) if image else None
     if record is not None:
         here = host.read_gpu_info(session.config.proc_driver_nvidia)
         problem = sidecar.mismatch(record.gpu_info, here)
         if problem is not None:
-            raise ShimError(f"cannot restore {prepared.container_id} from {image}: {problem}")
+            raise ShimError(f"cannot restore {container_id(args)} from {image}: {problem}")
+    prepared = prepare(session, "restore", args)  # only now: a refused restore changes nothing
     needs_thaw = (
         record is not None
         and record.engine == "exec"

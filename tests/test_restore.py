@@ -224,3 +224,18 @@ def test_foreground_restore_forwards_signals_to_runsc(shim: Shim) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM
+
+
+def test_a_refused_restore_leaves_the_bundle_unwritten(shim: Shim) -> None:
+    shim.env["RUNSC_CUDA_PROC_DRIVER_NVIDIA"] = str(fake_proc(shim, "580.159.03", "NVIDIA H200"))
+    bundle, image = stopped_image(shim)
+    fresh = shim.tmp / "fresh"
+    fresh.mkdir()
+    doc = json.loads((bundle / "config.json").read_text())
+    doc["mounts"] = [m for m in doc["mounts"] if m["destination"] != "/usr/local/bin/cuda-checkpoint"]
+    (fresh / "config.json").write_text(json.dumps(doc))
+    raw = (fresh / "config.json").read_bytes()
+    shim.env["RUNSC_CUDA_PROC_DRIVER_NVIDIA"] = str(fake_proc(shim, "575.51.03", "NVIDIA H200"))
+    out = docker_restore(shim, fresh, image)
+    assert out.returncode != 0
+    assert (fresh / "config.json").read_bytes() == raw

@@ -28,8 +28,13 @@ def real_runsc() -> str:
 
 
 def run_check(tmp_path: Path, *args: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess[str], dict]:
-    out = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path / "work"), "--out",
-                          str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=timeout, check=False)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     results = tmp_path / "out" / "gpu-results.json"
     return out, json.loads(results.read_text()) if results.exists() else {}
 
