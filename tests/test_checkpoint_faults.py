@@ -29,11 +29,11 @@ THAW_STEPS = [
 ]
 # Other ways each step fails, at one position.
 VARIANTS = [
-    ("discover", "get-state", {"fault": "hang", "seconds": 2}, "timed out"),
+    ("discover", "get-state", {"fault": "hang", "seconds": 8}, "timed out"),
     ("lock", "lock", {"fault": "busy", "seconds": 5}, "lock failed"),
     ("checkpoint", "checkpoint", {"fault": "fail", "code": 2, "state": "running"}, "checkpoint failed"),
     ("checkpoint", "checkpoint", {"fault": "fail", "code": 2, "state": "checkpointed"}, "checkpoint failed"),
-    ("checkpoint", "checkpoint", {"fault": "hang", "seconds": 2}, "checkpoint failed"),
+    ("checkpoint", "checkpoint", {"fault": "hang", "seconds": 8}, "checkpoint failed"),
 ]
 
 
@@ -76,7 +76,10 @@ def run_checkpoint(shim: Shim, bundle: Path, leave_running: bool, env: dict[str,
 def test_cuda_fault_leaves_every_process_running_and_the_pause_state_as_found(
     shim: Shim, step: str, op: str, fault: dict, text: str, position: int, leave_running: bool
 ) -> None:
-    shim.env.update(RUNSC_CUDA_ENGINE="exec", RUNSC_CUDA_CUDA_CALL_TIMEOUT_S="1")
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    if fault["fault"] == "hang":
+        # Short enough to give up on the hang, long enough for a normal call on a loaded machine.
+        shim.env["RUNSC_CUDA_CUDA_CALL_TIMEOUT_S"] = "3"
     bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
     pid = CUDA[position]
     plan = [{"pid": pid, "op": op, "times": 0, **fault}]
