@@ -25,14 +25,20 @@ Test switches (environment):
   FAKE_CUDA_NO_ACTION=1     --get-state but no --action (exercises the --toggle fallback)
   FAKE_CUDA_DELAY=<s>       every call takes this long (benchmarks)
   FAKE_CUDA_FAULTS=<json>   [{"pid": 7, "op": "lock", "fault": "fail", "code": 2,
-                              "state": "locked", "seconds": 5, "times": 1}]
-    op:    get-state | lock | checkpoint | restore | unlock | toggle | any
+                              "state": "locked", "seconds": 5, "times": 1, "skip": 0}]
+    pid:   the PID the call names (-1 or absent: any)
+    op:    get-state | lock | checkpoint | restore | unlock | toggle | help | any
+    times: how many matching calls get the fault (0: all); skip: let this many through first
     fault: fail     exit non-zero (after setting "state", if given)
            hang     sleep "seconds" first, then fail without changing anything
                     ("then": "complete" carries the operation out after the sleep)
            busy     GPU work pending for "seconds": lock waits up to --timeout
            vanish   the process exits: it is gone from the container
-           garbage  print garbage and exit 0 without changing anything
+           garbage  print garbage (or "output") and exit 0 without changing anything
+           empty    print nothing and exit 0 without changing anything
+           output   print "output" (and "stderr"), each "repeat" times, exit "code"
+           signal   send "signal" (default TERM) to the caller, "when" before (default) or
+                    after the call is carried out
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any, NoReturn
@@ -111,7 +118,7 @@ def parse(argv: list[str], old_driver: bool) -> dict[str, str]:
             raise Exit(1, f"Unrecognized option {token!r}\n{usage(takes_value | flags)}")
         i += 1
     if "--help" in opts:
-        raise Exit(0, usage(takes_value | flags))
+        return {"--help": usage(takes_value | flags)}
     ops = [k for k in ("--get-state", "--toggle", "--get-restore-tid", "--action") if k in opts]
     if len(ops) != 1 or "--pid" not in opts:
         raise Exit(1, f"Exactly one operation and --pid are required\n{usage(takes_value | flags)}")
@@ -172,13 +179,24 @@ class Container:
         states.pop(str(pid), None)
         self._write("cuda.json", states)
 
-    def consume(self, key: str, times: int) -> bool:
+    def consume(self, key: str, times: int, skip: int = 0) -> bool:
+        """Count a matching call: the fault applies after ``skip`` of them, ``times`` times (0: always)."""
         used = dict(self._read("cuda-faults-used.json", {}))
-        if times > 0 and used.get(key, 0) >= times:
-            return False
-        used[key] = used.get(key, 0) + 1
+        seen = used.get(key, 0)
+        used[key] = seen + 1
         self._write("cuda-faults-used.json", used)
-        return True
+        return seen >= skip and (times <= 0 or seen < skip + times)
+
+
+AFTER_SIGNAL: list[int] = []  # "signal" faults with "when": "after": sent once the call is done
+
+
+def signal_number(name: str | int) -> int:
+    """``"TERM"``, ``"SIGTERM"`` or 15."""
+    if isinstance(name, int) or str(name).isdigit():
+        return int(name)
+    text = str(name).upper()
+    return int(getattr(signal, text if text.startswith("SIG") else "SIG" + text))
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -204,8 +222,53 @@ def planned_fault(box: Container, pid: int, op: str) -> dict[str, Any] | None:
         if plan.get("op") not in (op, "any"):
             continue
         with box:
-            if box.consume(f"cuda-{index}", int(plan.get("times", 1))):
+            if box.consume(f"cuda-{index}", int(plan.get("times", 1)), int(plan.get("skip", 0))):
                 return dict(plan)
+    return None
+
+
+def apply_fault(plan: dict[str, Any], box: Container, pid: int, op: str, opts: dict[str, str]) -> str | None:
+    """Carry out a planned fault: exit, or return what to print instead, or None to go on."""
+    kind = plan["fault"]
+    if kind == "hang":
+        time.sleep(float(plan.get("seconds", 30)))
+        if plan.get("then") != "complete":
+            fail(CUDA_ERROR_TIMEOUT, f'Could not {op} process {pid}: "the operation timed out"')
+    elif kind == "garbage":
+        return str(plan.get("output", "\x07\x00}{garbage"))
+    elif kind == "empty":
+        raise Exit(0)
+    elif kind == "output":
+        repeat = int(plan.get("repeat", 1))
+        for _ in range(repeat):
+            sys.stdout.write(str(plan.get("output", "")))
+        for _ in range(repeat if plan.get("stderr") else 0):
+            sys.stderr.write(str(plan["stderr"]))
+        raise Exit(int(plan.get("code", 0)))
+    elif kind == "signal":
+        signum = signal_number(plan.get("signal", "TERM"))
+        if plan.get("when", "before") == "after":
+            AFTER_SIGNAL.append(signum)
+        else:
+            os.kill(os.getppid(), signum)
+            time.sleep(float(plan.get("seconds", 0)))
+    elif kind == "vanish":
+        with box:
+            box.vanish(pid)
+        fail(CUDA_ERROR_INVALID_VALUE, f"Process {pid} does not exist")
+    elif kind == "fail":
+        if plan.get("state"):
+            with box:
+                box.set_state(pid, str(plan["state"]))
+        code = int(plan.get("code", CUDA_ERROR_OPERATING_SYSTEM))
+        fail(code, f'Could not {op} process {pid}: "injected failure"')
+    elif kind == "busy" and op == "lock":
+        busy = float(plan.get("seconds", 1))
+        allowed = int(opts.get("--timeout", "0") or 0) / 1000.0
+        if allowed and busy > allowed:
+            time.sleep(allowed)
+            fail(CUDA_ERROR_TIMEOUT, f'Could not lock process {pid}: "the operation timed out"')
+        time.sleep(busy)
     return None
 
 
@@ -214,6 +277,14 @@ def run(argv: list[str]) -> str:
     old_driver = int(driver) < 555 if driver.isdigit() else False
     opts = parse(argv, old_driver)
     folder = os.environ.get("FAKE_CONTAINER_DIR")
+    if "--help" in opts:  # needs no CUDA; faults are planned with op "help"
+        if folder and os.path.isdir(folder):
+            plan = planned_fault(Container(folder), -1, "help")
+            if plan is not None:
+                out = apply_fault(plan, Container(folder), -1, "help", opts)
+                if out is not None:
+                    return out
+        raise Exit(0, opts["--help"])
     if not folder or not os.path.isdir(folder):
         fail(CUDA_ERROR_OPERATING_SYSTEM, 'Error initializing CUDA: "OS call failed or operation not supported"')
     pid = int(opts["--pid"])
@@ -224,30 +295,9 @@ def run(argv: list[str]) -> str:
         time.sleep(delay)
     plan = planned_fault(box, pid, op)
     if plan is not None:
-        kind = plan["fault"]
-        if kind == "hang":
-            time.sleep(float(plan.get("seconds", 30)))
-            if plan.get("then") != "complete":
-                fail(CUDA_ERROR_TIMEOUT, f'Could not {op} process {pid}: "the operation timed out"')
-        elif kind == "garbage":
-            return str(plan.get("output", "\x07\x00}{garbage"))
-        elif kind == "vanish":
-            with box:
-                box.vanish(pid)
-            fail(CUDA_ERROR_INVALID_VALUE, f"Process {pid} does not exist")
-        elif kind == "fail":
-            if plan.get("state"):
-                with box:
-                    box.set_state(pid, str(plan["state"]))
-            code = int(plan.get("code", CUDA_ERROR_OPERATING_SYSTEM))
-            fail(code, f'Could not {op} process {pid}: "injected failure"')
-        elif kind == "busy" and op == "lock":
-            busy = float(plan.get("seconds", 1))
-            allowed = int(opts.get("--timeout", "0") or 0) / 1000.0
-            if allowed and busy > allowed:
-                time.sleep(allowed)
-                fail(CUDA_ERROR_TIMEOUT, f'Could not lock process {pid}: "the operation timed out"')
-            time.sleep(busy)
+        out = apply_fault(plan, box, pid, op, opts)
+        if out is not None:
+            return out
     with box:
         if pid not in box.pids():
             fail(CUDA_ERROR_INVALID_VALUE, f"Process {pid} does not exist")
@@ -301,6 +351,10 @@ def main(argv: list[str]) -> NoReturn:
             stream.write(e.message.rstrip("\n") + "\n")
         code = e.code
     record(argv[1:], start, code)
+    for signum in AFTER_SIGNAL:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getppid(), signum)
     sys.exit(code)
 
 

@@ -24,7 +24,18 @@ What the fake's container holds comes from its spec's annotations:
 Test switches (environment):
   FAKE_RUNSC_OLD=1             an older runsc: checkpoint has no --cuda-checkpoint-path
   FAKE_RUNSC_FAULTS=<json>     [{"verb": "checkpoint", "fault": "fail"|"hang"|"garbage"|"die"|"empty",
-                                 "times": 1, "match": "<substring of argv>"}]
+                                 "times": 1, "skip": 0, "match": "<substring of argv>"}]
+    verb:  a subcommand, or "help" / "version" for ``help VERB`` / ``--version``
+    times: how many matching calls fail (0: all); skip: let this many matching calls through first
+    fault: fail     runsc's own error: exit 128, message on stderr and in --log
+           hang     sleep "seconds", then carry the call out
+           garbage  print "output" (default: binary junk) and exit 0
+           empty    print nothing and exit 0
+           die      SIGKILL itself (runsc dying mid-call); checkpoint with "when": "after-toggle"
+                    dies after toggling CUDA processes (native engine), before saving
+           output   print "output" (and "stderr"), each "repeat" times, exit "code"
+           signal   send "signal" (default TERM) to the caller, "when" before (default) or
+                    after the call is carried out
   FAKE_RUNSC_VERSION=<text>    what --version prints as the version
 
 Every call is appended to ``<root>/calls.jsonl``: argv, stdin (for ``-`` reads),
@@ -37,12 +48,14 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # imported where used: most calls never start a process
+    import subprocess
 
 GLOBAL_BOOLS = {
     "EXPERIMENTAL-xdp-need-wakeup",
@@ -211,6 +224,47 @@ CUDA_PIDS_ANNOTATION = "test.fake-runsc/cuda-pids"
 IMAGE_FILE = "checkpoint.img"
 
 
+def is_fake_cuda_checkpoint(path: str) -> bool:
+    """Whether ``path`` is the wrapper ``fakes.install`` wrote for the fake cuda-checkpoint."""
+    try:
+        if not os.access(path, os.X_OK):
+            return False
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"import fake_cuda_checkpoint" in head
+
+
+def run_fake_cuda_checkpoint(path: str, args: list[str], env: dict[str, str]) -> NoReturn:
+    """What ``execve`` of the fake cuda-checkpoint would do, without starting a second interpreter.
+
+    The process, its PID, parent, environment, output and exit status are the
+    same as after the exec; it only saves an interpreter start per call.
+    """
+    os.environ.clear()
+    os.environ.update(env)
+    import fake_cuda_checkpoint
+
+    try:
+        fake_cuda_checkpoint.main([path, *args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    else:  # pragma: no cover - main always exits
+        code = 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def signal_number(name: str | int) -> int:
+    """``"TERM"``, ``"SIGTERM"`` or 15."""
+    if isinstance(name, int) or str(name).isdigit():
+        return int(name)
+    text = str(name).upper()
+    return int(getattr(signal, text if text.startswith("SIG") else "SIG" + text))
+
+
 class Fatal(Exception):
     def __init__(self, message: str, code: int = 128) -> None:
         super().__init__(message)
@@ -268,6 +322,8 @@ class Fake:
         self.globals: dict[str, str] = {}
         self.root = "/var/run/runsc"
         self.stdin_data: str | None = None
+        self.signal_after: int | None = None  # a "signal" fault with "when": "after"
+        self.die_after_toggle = False  # a "die" fault with "when": "after-toggle"
 
     # --- plumbing -------------------------------------------------------------
 
@@ -339,7 +395,7 @@ class Fake:
         for index, plan in enumerate(plans):
             if plan.get("verb") != verb or plan.get("match", "") not in joined:
                 continue
-            if not self.consume(f"runsc-{index}", int(plan.get("times", 1))):
+            if not self.consume(f"runsc-{index}", int(plan.get("times", 1)), int(plan.get("skip", 0))):
                 continue
             kind = plan["fault"]
             if kind == "fail":
@@ -353,14 +409,33 @@ class Fake:
             if kind == "empty":
                 raise SystemExit(0)
             if kind == "die":
-                os.kill(os.getpid(), signal.SIGKILL)
+                if plan.get("when") == "after-toggle":
+                    self.die_after_toggle = True
+                else:
+                    os.kill(os.getpid(), signal.SIGKILL)
             if kind == "output":
-                sys.stdout.write(plan["output"])
+                repeat = int(plan.get("repeat", 1))
+                for _ in range(repeat):
+                    sys.stdout.write(plan["output"])
+                for _ in range(repeat if plan.get("stderr") else 0):
+                    sys.stderr.write(plan["stderr"])
                 sys.stdout.flush()
+                sys.stderr.flush()
                 raise SystemExit(int(plan.get("code", 0)))
+            if kind == "signal":
+                signum = signal_number(plan.get("signal", "TERM"))
+                if plan.get("when", "before") == "after":
+                    self.signal_after = signum
+                else:
+                    os.kill(os.getppid(), signum)
+                    time.sleep(float(plan.get("seconds", 0)))
 
-    def consume(self, key: str, times: int) -> bool:
-        """Count uses of a fault in <root>/faults-used.json; False once used up."""
+    def consume(self, key: str, times: int, skip: int = 0) -> bool:
+        """Count matching calls of a fault in <root>/faults-used.json.
+
+        The fault applies to the matches after the first ``skip``, ``times`` of
+        them (``times`` 0: all of them).
+        """
         os.makedirs(self.root, exist_ok=True)
         path = os.path.join(self.root, "faults-used.json")
         with open(path, "a+") as f:
@@ -368,13 +443,12 @@ class Fake:
             f.seek(0)
             text = f.read()
             used = json.loads(text) if text.strip() else {}
-            if times > 0 and used.get(key, 0) >= times:
-                return False
-            used[key] = used.get(key, 0) + 1
+            seen = used.get(key, 0)
+            used[key] = seen + 1
             f.seek(0)
             f.truncate()
             f.write(json.dumps(used))
-        return True
+        return seen >= skip and (times <= 0 or seen < skip + times)
 
     # --- main -----------------------------------------------------------------
 
@@ -388,6 +462,9 @@ class Fake:
         except SystemExit as e:
             code = int(e.code or 0)
         self.record(code)
+        if self.signal_after is not None:
+            sys.stdout.flush()
+            os.kill(os.getppid(), self.signal_after)
         return code
 
     def dispatch(self) -> int:
@@ -398,6 +475,7 @@ class Fake:
             raise SystemExit(2) from None
         self.root = self.globals.get("root", "/var/run/runsc")
         if truthy(self.globals, "version"):
+            self.fault("version")
             version = self.env.get("FAKE_RUNSC_VERSION", "fake-20260817.0")
             print(f"runsc version {version}\nspec: 1.2.1")
             return 0
@@ -406,6 +484,7 @@ class Fake:
             raise SystemExit(2)
         verb, args = rest[0], rest[1:]
         if verb == "help":
+            self.fault("help")
             return self.help(args)
         if verb not in VERBS:
             sys.stderr.write("Usage: runsc <flags> <subcommand> <subcommand args>\n")
@@ -628,6 +707,8 @@ class Fake:
     def run_in_container(
         self, state: dict[str, Any], argv: list[str], capture: bool = False
     ) -> subprocess.CompletedProcess[bytes]:
+        import subprocess
+
         source = self.resolve_in_container(state, argv[0])
         if source is None:
             raise Fatal(f"executing processes for container: failed to load {argv[0]}: no such file or directory")
@@ -661,6 +742,8 @@ class Fake:
         env = dict(self.env)
         env["FAKE_CONTAINER_DIR"] = self.cdir(state["id"])
         sys.stdout.flush()
+        if is_fake_cuda_checkpoint(source):
+            run_fake_cuda_checkpoint(source, argv[1:], env)
         os.execve(source, [source, *argv[1:]], env)
         return 128  # not reached
 
@@ -671,6 +754,8 @@ class Fake:
 
     def native_toggle(self, state: dict[str, Any], path: str, pids: list[int], sequential: bool) -> None:
         """Toggle every PID; on failure toggle back those that succeeded, as runsc does."""
+
+        import subprocess
 
         def start(pid: int) -> subprocess.Popen[bytes]:
             source = self.resolve_in_container(state, path)
@@ -728,6 +813,8 @@ class Fake:
                 if probe.returncode == 0:
                     native_pids.append(pid)
             self.native_toggle(state, cuda_path, native_pids, truthy(flags, "cuda-checkpoint-sequential"))
+        if self.die_after_toggle:
+            os.kill(os.getpid(), signal.SIGKILL)  # dies mid-save: CUDA processes toggled, nothing saved
         snapshot = {
             "id": cid,
             "spec": state["spec"],
