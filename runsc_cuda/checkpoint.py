@@ -15,10 +15,8 @@ from runsc_cuda.errors import ShimError
 from runsc_cuda.freeze import Freezer, Interrupted, StepError, Timeouts
 from runsc_cuda.lock import container_lock
 from runsc_cuda.runner import Result
-from runsc_cuda.runtime import exec_runsc
 from runsc_cuda.sandbox import ContainerState, Sandbox
 from runsc_cuda.session import Session
-from runsc_cuda.signals import StopFlag, deferred_stop
 
 
 @dataclass
@@ -51,7 +49,7 @@ def runsc_verb(session: Session, verb: str, args: VerbArgs) -> Result:
 
 
 def pass_through(session: Session, args: VerbArgs) -> int:
-    exec_runsc(session.runsc, session.cmd.with_rest(args.tokens()).tokens()[1:], session.environ)
+    session.become_runsc(session.cmd.with_rest(args.tokens()).tokens()[1:])
     return 0  # not reached
 
 
@@ -101,9 +99,10 @@ def record(
     engine_name: str,
     procs: tuple[sidecar.CudaProcess, ...],
     timings: dict[str, float],
-) -> None:
+) -> sidecar.Sidecar:
+    """The image's sidecar (written by ``commit``: the last step of a checkpoint)."""
     info = host.read_gpu_info(session.config.proc_driver_nvidia)
-    entry = sidecar.Sidecar(
+    return sidecar.Sidecar(
         engine=engine_name,
         container=target.cid,
         runsc_version=engine.runsc_version(session),
@@ -119,6 +118,13 @@ def record(
         },
         created=sidecar.now_rfc3339(),
     )
+
+
+def commit(session: Session, target: Target, entry: sidecar.Sidecar) -> None:
+    """Write the sidecar, which makes the image one runsc-cuda restores; a stop asked for before it fails the call."""
+    why = session.interrupted()
+    if why is not None:
+        raise ShimError(f"{why} after runsc saved the sandbox; the image has no runsc-cuda record")
     sidecar.write(target.image, entry)
 
 
@@ -128,6 +134,9 @@ def native(session: Session, target: Target) -> int:
         args = args.with_flag(Flag.make(engine.NATIVE_FLAG, cuda.CONTAINER_PATH))
     if session.config.sequential and args.get("cuda-checkpoint-sequential") is None:
         args = args.with_flag(Flag.make("cuda-checkpoint-sequential"))
+    why = session.interrupted()
+    if why is not None:
+        raise ShimError(f"checkpoint of {target.cid} failed: {why}; nothing was frozen")
     start = session.clock()
     result = runsc_verb(session, "checkpoint", args)
     seconds = session.clock() - start
@@ -140,7 +149,7 @@ def native(session: Session, target: Target) -> int:
         phase="save",
         seconds=round(seconds, 6),
     )
-    record(session, target, "native", (), {"save": seconds})
+    commit(session, target, record(session, target, "native", (), {"save": seconds}))
     return 0
 
 
@@ -154,7 +163,7 @@ class ExecCheckpoint:
         self.report = session.report
         cfg = session.config
         self.timeouts = Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s)
-        self.stop = StopFlag()
+        self.stop = session.stop
         self.freezer = Freezer(
             sandbox, self.timeouts, session.clock, self.stop, max_parallel=cfg.max_parallel_cuda_calls
         )
@@ -178,11 +187,10 @@ class ExecCheckpoint:
     # --- the run --------------------------------------------------------------------------
 
     def run(self) -> int:
-        with deferred_stop(self.stop):
-            try:
-                self._run()
-            except (StepError, Interrupted, ShimError) as e:
-                raise ShimError(self._recover(e)) from None
+        try:
+            self._run()
+        except (StepError, Interrupted, ShimError) as e:
+            raise ShimError(self._recover(e)) from None
         return 0
 
     def _check_capabilities(self) -> None:
@@ -202,6 +210,7 @@ class ExecCheckpoint:
 
     def _run(self) -> None:
         freezer = self.freezer
+        freezer.check_interrupt()  # a stop asked for while runsc-cuda looked at the container
         self.ensure_running()
         self._check_capabilities()
         candidates = self.sandbox.pids()
@@ -222,7 +231,9 @@ class ExecCheckpoint:
                 self._log(name, "done")
             self.restore_pause()
         procs = tuple(sidecar.CudaProcess(pid, states[pid], cuda.CHECKPOINTED) for pid in self.cuda_pids)
-        record(self.session, self.target, "exec", procs, freezer.timings())
+        entry = record(self.session, self.target, "exec", procs, freezer.timings())
+        freezer.check_interrupt()
+        commit(self.session, self.target, entry)
         self.report.info(
             f"checkpoint of {self.target.cid} done: {len(self.cuda_pids)} CUDA processes"
             + (", running again" if self.leave_running else ""),

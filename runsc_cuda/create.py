@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from runsc_cuda import host, spec, verbs
 from runsc_cuda.argv import CommandLine, Flag, VerbArgs, parse_verb_args
-from runsc_cuda.runtime import exec_runsc
 from runsc_cuda.session import Session
 
 
@@ -92,5 +91,5 @@ def handle(session: Session) -> int:
     """create and run: prepare, then become runsc."""
     verb = session.cmd.verb or "create"
     prepared = prepare(session, verb)
-    exec_runsc(session.runsc, prepared.cmd.tokens()[1:], session.environ)
+    session.become_runsc(prepared.cmd.tokens()[1:])
     return 0  # not reached

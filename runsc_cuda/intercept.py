@@ -9,6 +9,7 @@ from runsc_cuda import logs
 from runsc_cuda.argv import CommandLine
 from runsc_cuda.errors import ShimError
 from runsc_cuda.session import Session, open_session, runtime_log_for
+from runsc_cuda.signals import StopFlag, deferred_stop
 
 
 def _create(session: Session) -> int:
@@ -50,19 +51,24 @@ SESSIONLESS: dict[str, Callable[[CommandLine, Mapping[str, str]], int]] = {
 
 
 def main(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    """Run an intercepted verb. SIGTERM/SIGINT/SIGHUP only set a flag while it runs: the
+    handlers stop at the next step boundary, undo what they did and fail with a message,
+    so a stop request never leaves a CUDA process frozen or the runtime log silent."""
     if cmd.verb in SESSIONLESS:
         return SESSIONLESS[cmd.verb or ""](cmd, environ)
     report = logs.Reporter(runtime_log_for(cmd), None)
-    try:
-        session = open_session(cmd, environ, report)
-        return HANDLERS[cmd.verb or ""](session)
-    except ShimError as e:
-        report.error(e.message)
-        return e.exit_code
-    except KeyboardInterrupt:
-        report.error("interrupted")
-        return 130
-    except Exception as e:  # never a traceback for users: one line, details in the log
-        report.debug("internal error", traceback=traceback.format_exc())
-        report.error(f"internal error: {type(e).__name__}: {e}")
-        return 1
+    stop = StopFlag()
+    with deferred_stop(stop):
+        try:
+            session = open_session(cmd, environ, report, stop)
+            return HANDLERS[cmd.verb or ""](session)
+        except ShimError as e:
+            report.error(e.message)
+            return e.exit_code
+        except KeyboardInterrupt:
+            report.error("interrupted")
+            return 130
+        except Exception as e:  # never a traceback for users: one line, details in the log
+            report.debug("internal error", traceback=traceback.format_exc())
+            report.error(f"internal error: {type(e).__name__}: {e}")
+            return 1

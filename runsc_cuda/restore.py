@@ -14,7 +14,6 @@ from runsc_cuda.create import Prepared, container_id, prepare, translated_args
 from runsc_cuda.errors import ShimError
 from runsc_cuda.freeze import Freezer, StepError, Timeouts
 from runsc_cuda.lock import container_lock
-from runsc_cuda.runtime import exec_runsc
 from runsc_cuda.sandbox import Sandbox
 from runsc_cuda.session import Session
 from runsc_cuda.signals import forwarded_to
@@ -38,7 +37,7 @@ def handle(session: Session) -> int:
     )
     if not needs_thaw or record is None:
         # No image sidecar: restore as plain runsc would. Native engine: runsc thaws by itself.
-        exec_runsc(session.runsc, prepared.cmd.tokens()[1:], session.environ)
+        session.become_runsc(prepared.cmd.tokens()[1:])
         return 0
     cfg = session.config
     cid = prepared.container_id or ""
@@ -80,10 +79,16 @@ class ExecRestore:
             raise ShimError(f"restore of {self.cid}: runsc restore did not finish in {limit:g}s") from None
 
     def _detached(self, argv: list[str]) -> int:
+        why = self.session.interrupted()
+        if why is not None:
+            raise ShimError(f"restore of {self.cid}: {why} before runsc started")
         code = self.freezer.timed("restore-sandbox", [], lambda: self._run_runsc(argv))
         if code != 0:
             return code if code > 0 else 128 - code  # runsc's own error is in the log already
-        self._thaw()
+        self._thaw()  # even after a stop request: never leave a restored CUDA process frozen
+        why = self.session.interrupted()
+        if why is not None:
+            raise ShimError(f"restore of {self.cid}: {why}; the container was restored and its CUDA processes thawed")
         return 0
 
     def _foreground(self, argv: list[str]) -> int:

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from runsc_cuda import config as config_mod
 from runsc_cuda import logs
 from runsc_cuda.argv import CommandLine
+from runsc_cuda.errors import ShimError
 from runsc_cuda.runner import Result, Runner
-from runsc_cuda.runtime import resolve_runsc
+from runsc_cuda.runtime import exec_runsc, resolve_runsc
+from runsc_cuda.signals import StopFlag
 
 
 @dataclass
@@ -24,6 +26,9 @@ class Session:
     runner: Runner
     cwd: str
     clock: Callable[[], float] = field(default=time.monotonic)
+    # Set by SIGTERM/SIGINT/SIGHUP while an intercepted verb runs: the work stops at the
+    # next step boundary, rolls back, and the call fails.
+    stop: StopFlag = field(default_factory=StopFlag)
 
     def runsc_argv(self, args: Sequence[str]) -> list[str]:
         """A runsc call with the caller's global flags (``--root`` decides which containers exist)."""
@@ -35,6 +40,17 @@ class Session:
         self.report.debug("runsc call", argv=argv, rc=result.returncode, seconds=round(result.duration, 4))
         return result
 
+    def interrupted(self) -> str | None:
+        """``interrupted by SIGTERM`` once a stop was asked for, else None."""
+        return f"interrupted by {self.stop.name()}" if self.stop() else None
+
+    def become_runsc(self, tokens: Sequence[str]) -> None:
+        """Hand over to runsc (``execv``) unless a stop was asked for first."""
+        why = self.interrupted()
+        if why is not None:
+            raise ShimError(f"{self.cmd.verb}: {why} before runsc started; nothing was changed in the sandbox")
+        exec_runsc(self.runsc, list(tokens), self.environ)
+
 
 def runtime_log_for(cmd: CommandLine) -> logs.RuntimeLog | None:
     path = cmd.global_value("log")
@@ -43,7 +59,9 @@ def runtime_log_for(cmd: CommandLine) -> logs.RuntimeLog | None:
     return logs.RuntimeLog(path, cmd.global_value("log-format") or "text")
 
 
-def open_session(cmd: CommandLine, environ: Mapping[str, str], report: logs.Reporter) -> Session:
+def open_session(
+    cmd: CommandLine, environ: Mapping[str, str], report: logs.Reporter, stop: StopFlag | None = None
+) -> Session:
     """Load config, set up the detailed log, find runsc. Raises ShimError."""
     from runsc_cuda.runtime import child_environ
 
@@ -61,4 +79,5 @@ def open_session(cmd: CommandLine, environ: Mapping[str, str], report: logs.Repo
         runsc=runsc,
         runner=Runner(child_environ(environ), cfg.max_output_bytes),
         cwd=os.getcwd(),
+        stop=stop if stop is not None else StopFlag(),
     )
