@@ -59,7 +59,7 @@ def require_mount(cid: str, state: ContainerState) -> None:
     mount = spec.mount_at(bundle.doc, spec.CUDA_CHECKPOINT_DEST)
     if mount is None:
         raise ShimError(
-            f"cannot checkpoint GPU container {cid}: it has no cuda-checkpoint mount at "
+            f"GPU container {cid} has no cuda-checkpoint mount at "
             f"{spec.CUDA_CHECKPOINT_DEST} (it was not created through runsc-cuda, or the host had no "
             "cuda-checkpoint then); nothing was frozen"
         )
@@ -71,10 +71,19 @@ def handle(session: Session) -> int:
     image = args.value("image-path")
     if cid is None or not image:
         return pass_through(session, args)  # runsc says what is missing
+    try:
+        return checkpoint(session, args, cid, image)
+    except ShimError as e:
+        prefix = f"checkpoint of {cid} failed"
+        if e.message.startswith(prefix):
+            raise
+        raise ShimError(f"{prefix}: {e.message}", e.exit_code) from None
+
+
+def checkpoint(session: Session, args: VerbArgs, cid: str, image: str) -> int:
     sandbox = Sandbox(session, cid)
-    state = sandbox.try_state()
-    if state is None:
-        return pass_through(session, args)  # runsc reports the unknown container
+    # Never pass a checkpoint through on a failed look: runsc would save CUDA processes unfrozen.
+    state = sandbox.state()
     bundle = spec.read(state.bundle)
     gpu = spec.gpu_request(bundle.doc)
     if not gpu.wanted:
@@ -259,24 +268,30 @@ class ExecCheckpoint:
         cid = self.target.cid
         what = f"interrupted by {self.stop.name()}" if isinstance(error, Interrupted) else str(error)
         problems: dict[int, str] = {}
-        state = self.sandbox.try_state()
-        alive = state is not None and state.status in ("running", "paused")
-        if alive and state is not None:
+        runner = self.session.runner
+        state = self.sandbox.try_state() or self.sandbox.try_state()  # a failed look is not a gone container
+        alive = state is None or state.status in ("running", "paused")
+        if state is not None:
             self.paused_now = state.status == "paused"
+        if alive:
             try:
                 if self.cuda_pids:
                     self.ensure_running()
                     problems = self.freezer.rollback(self.cuda_pids)
-                    runner = self.session.runner
-                    if runner.abandoned():
-                        # A call that outlived its timeout may still change a state: wait, look again.
-                        still = runner.reap(self.timeouts.lock_call_s)
+                if runner.abandoned_total:
+                    # A call that outlived its timeout may still change a state (even one that has
+                    # finished since the rollback looked): wait for the rest, look again.
+                    still = runner.reap(self.timeouts.lock_call_s)
+                    if self.cuda_pids:
+                        self.ensure_running()
                         problems = self.freezer.rollback(self.cuda_pids)
-                        if still:
-                            problems[0] = f"{still} cuda-checkpoint call(s) still running"
+                    if still:
+                        problems[0] = f"{still} cuda-checkpoint call(s) still running"
                 self.restore_pause()
             except ShimError as e:
                 problems[0] = str(e)
+        elif runner.abandoned_total:
+            runner.reap(self.timeouts.lock_call_s)  # their errors must not land after ours in log.json
         if problems:
             left = "; ".join(f"PID {p}: {w}" if p else w for p, w in sorted(problems.items()))
             return f"checkpoint of {cid} failed: {what}; rollback incomplete: {left}"

@@ -57,6 +57,14 @@ class Interrupted(Exception):
     """runsc-cuda was asked to stop (SIGTERM/SIGINT) between two steps."""
 
 
+ROLLBACK_TRIES = 3  # rounds of (query, thaw actions) per process before rollback gives up on it
+
+
+def gone(why: str) -> bool:
+    """Whether a failed ``--get-state`` says the process no longer exists (nothing left to thaw)."""
+    return "does not exist" in why or "no such process" in why.lower()
+
+
 @dataclass
 class Phase:
     name: str
@@ -140,8 +148,11 @@ class Freezer:
             result = self.sandbox.cuda(cuda.get_state(pid), self.timeouts.call_s)
             if result.timed_out:
                 return pid, None, "timed out"
+            if not result.answered:
+                # runsc exec failed, or was killed: cuda-checkpoint never answered.
+                return pid, None, f"the probe did not run ({result.describe()})"
             if not result.ok:
-                return pid, None, ""  # not a CUDA process
+                return pid, None, ""  # cuda-checkpoint answered: not a CUDA process
             state = cuda.parse_state(result.stdout)
             if state is None:
                 return pid, None, f"unexpected output {result.stdout[:60]!r}"
@@ -180,40 +191,71 @@ class Freezer:
         self._timed(name, pids, run)
 
     def freeze(self, states: dict[int, str]) -> None:
-        """Bring every process to checkpointed: lock all, then checkpoint all."""
+        """Bring every process to checkpointed (lock all, then checkpoint all), and check that they are."""
         if self.toggle_only:
             self._step("toggle", [p for p, s in states.items() if s == cuda.RUNNING])
-            return
-        self._step("lock", [p for p, s in states.items() if s == cuda.RUNNING])
-        self._step("checkpoint", [p for p, s in states.items() if s in (cuda.RUNNING, cuda.LOCKED)])
+        else:
+            self._step("lock", [p for p, s in states.items() if s == cuda.RUNNING])
+            self._step("checkpoint", [p for p, s in states.items() if s in (cuda.RUNNING, cuda.LOCKED)])
+        self.verify(sorted(states), cuda.CHECKPOINTED)
 
     def thaw(self, states: dict[int, str]) -> None:
-        """Bring every process back to running: restore all, then unlock all."""
+        """Bring every process back to running (restore all, then unlock all), and check that they are."""
         if self.toggle_only:
             self._step("toggle", [p for p, s in states.items() if s == cuda.CHECKPOINTED])
+        else:
+            self._step("restore", [p for p, s in states.items() if s == cuda.CHECKPOINTED])
+            self._step("unlock", [p for p, s in states.items() if s in (cuda.CHECKPOINTED, cuda.LOCKED)])
+        self.verify(sorted(states), cuda.RUNNING)
+
+    def verify(self, pids: list[int], expected: str) -> None:
+        """Query every process: each must be in ``expected`` (or gone).
+
+        An action's exit status alone is not trusted: a call that exits 0
+        without doing its work would otherwise let runsc save a process that
+        is not checkpointed, or leave one frozen in a running container.
+        """
+        if not pids:
             return
-        self._step("restore", [p for p, s in states.items() if s == cuda.CHECKPOINTED])
-        self._step("unlock", [p for p, s in states.items() if s in (cuda.CHECKPOINTED, cuda.LOCKED)])
+
+        def check(pid: int) -> tuple[int, str]:
+            state, why = self.query(pid)
+            if state == expected or (state is None and gone(why)):
+                return pid, ""
+            return pid, f"in state {state}, expected {expected}" if state else f"state unknown ({why})"
+
+        def run() -> None:
+            failures = {pid: why for pid, why in self._parallel(check, pids) if why}
+            if failures:
+                raise StepError("--get-state", failures)
+
+        self._timed("verify", pids, run)
 
     def rollback(self, pids: list[int]) -> dict[int, str]:
         """Query each process and bring it back to running. Returns the PIDs that are not."""
 
         def fix(pid: int) -> tuple[int, str]:
-            state, why = self.query(pid)
-            if state is None:
-                if "does not exist" in why or "no such process" in why.lower():
-                    return pid, ""  # gone: nothing left to thaw
-                return pid, f"state unknown ({why})"
-            if state == cuda.FAILED:
-                return pid, "process is in state failed"
-            steps = cuda.THAW_FROM[state]
-            if self.toggle_only and state == cuda.CHECKPOINTED:
-                steps = ("toggle",)
-            for name in steps:
-                problem = self._call(pid, name)
-                if problem is not None:
-                    return pid, f"{name} failed ({problem})"
-            return pid, ""
+            # A failed action says nothing certain about the state: query again, go on from there.
+            problem = ""
+            for attempt in range(ROLLBACK_TRIES + 1):
+                state, why = self.query(pid)
+                if state is None:
+                    return pid, "" if gone(why) else f"state unknown ({why})"
+                if state == cuda.RUNNING:
+                    return pid, ""
+                if state == cuda.FAILED:
+                    return pid, "process is in state failed"
+                if attempt == ROLLBACK_TRIES:
+                    return pid, problem or f"still {state}"
+                steps = cuda.THAW_FROM[state]
+                if self.toggle_only and state == cuda.CHECKPOINTED:
+                    steps = ("toggle",)
+                for name in steps:
+                    failed = self._call(pid, name)
+                    if failed is not None:
+                        problem = f"{name} failed ({failed})"
+                        break
+            return pid, problem  # not reached
 
         start = self.clock()
         results = self._parallel(fix, pids)

@@ -26,6 +26,18 @@ class Result:
     duration: float
     timed_out: bool = False
     truncated: bool = False
+    started: bool = True  # False: the program could not be started at all
+
+    @property
+    def answered(self) -> bool:
+        """The program ran and exited on its own (not killed, not abandoned, not runsc exec's own failure).
+
+        ``runsc exec`` exits with its child's status, 128+signal when the child
+        was killed, or 128 for its own errors; a negative status means runsc
+        itself was killed.
+        """
+        code = self.returncode
+        return self.started and not self.timed_out and code is not None and code >= 0 and code != 128
 
     @property
     def ok(self) -> bool:
@@ -70,6 +82,7 @@ class Runner:
         self.environ = dict(environ)
         self.max_output = max_output
         self._abandoned: list[subprocess.Popen[bytes]] = []
+        self.abandoned_total = 0  # every call ever abandoned, finished since or not
 
         self._lock = threading.Lock()
 
@@ -95,7 +108,9 @@ class Runner:
                     close_fds=True,
                 )
             except OSError as e:
-                return Result(tuple(argv), 127, b"", f"cannot execute {argv[0]}: {e.strerror}".encode(), 0.0)
+                return Result(
+                    tuple(argv), 127, b"", f"cannot execute {argv[0]}: {e.strerror}".encode(), 0.0, started=False
+                )
             if stdin is not None and proc.stdin is not None:
                 try:
                     proc.stdin.write(stdin)
@@ -113,6 +128,7 @@ class Runner:
                 else:
                     with self._lock:
                         self._abandoned.append(proc)
+                        self.abandoned_total += 1
             stdout, cut_out = _read_bounded(out, self.max_output)
             stderr, cut_err = _read_bounded(err, self.max_output)
         code = None if (timed_out and not kill_on_timeout) else proc.returncode

@@ -92,11 +92,12 @@ def test_exec_engine_docker_sequence_freezes_saves_and_thaws(shim: Shim, leave_r
         "exec --get-state",
         "exec lock",
         "exec checkpoint",
+        "exec --get-state",  # every process checked: checkpointed
         "pause",
         "checkpoint",
     ]
     if leave_running:
-        expected += ["resume", "exec restore", "exec unlock", "pause", "--version", "resume"]
+        expected += ["resume", "exec restore", "exec unlock", "exec --get-state", "pause", "--version", "resume"]
     else:
         expected += ["--version"]
     assert collapse(verbs(shim, before)) == expected
@@ -112,7 +113,7 @@ def test_exec_engine_docker_sequence_freezes_saves_and_thaws(shim: Shim, leave_r
     assert shim.status("c1") == "stopped"
     before = len(shim.calls())
     restore(shim, bundle, "c1", image)
-    assert collapse(verbs(shim, before)) == ["delete", "restore", "exec restore", "exec unlock"]
+    assert collapse(verbs(shim, before)) == ["delete", "restore", "exec restore", "exec unlock", "exec --get-state"]
     assert shim.status("c1") == "running"
     assert shim.cuda_states("c1") == {10: "running", 11: "running"}
 
@@ -122,9 +123,12 @@ def test_every_probe_happens_before_any_lock(shim: Shim) -> None:
     bundle = shim.gpu_container("c1", PIDS, CUDA)
     checkpoint(shim, bundle, "c1", shim.tmp / "image", True)
     ops = [argv[0] if argv[0] != "--action" else argv[1] for argv in shim.cuda_calls("c1")]
-    last_probe = max(i for i, op in enumerate(ops) if op == "--get-state")
     first_lock = ops.index("lock")
-    assert last_probe < first_lock
+    last_checkpoint = max(i for i, op in enumerate(ops) if op == "checkpoint")
+    probes = [i for i, op in enumerate(ops) if op == "--get-state"]
+    assert len([i for i in probes if i < first_lock]) == len(PIDS), "every candidate is probed before any lock"
+    # The only queries after that check the frozen processes, once all are checkpointed (none is just locked).
+    assert all(i < first_lock or i > last_checkpoint for i in probes)
     assert ops.index("checkpoint") > max(i for i, op in enumerate(ops) if op == "lock")
 
 
