@@ -98,7 +98,7 @@ def checkpoint(session: Session, args: VerbArgs, cid: str, image: str) -> int:
         require_mount(cid, state)
         session.report.info(f"checkpoint of GPU container {cid}: engine {chosen}", container=cid, engine=chosen)
         if chosen == "native":
-            return native(session, target)
+            return native(session, sandbox, target)
         return ExecCheckpoint(session, sandbox, target).run()
 
 
@@ -137,7 +137,7 @@ def commit(session: Session, target: Target, entry: sidecar.Sidecar) -> None:
     sidecar.write(target.image, entry)
 
 
-def native(session: Session, target: Target) -> int:
+def native(session: Session, sandbox: Sandbox, target: Target) -> int:
     args = target.args
     if args.get(engine.NATIVE_FLAG) is None:
         args = args.with_flag(Flag.make(engine.NATIVE_FLAG, cuda.CONTAINER_PATH))
@@ -151,15 +151,68 @@ def native(session: Session, target: Target) -> int:
     seconds = session.clock() - start
     if not result.ok:
         reason = result.error_text() or result.describe()
-        raise ShimError(f"checkpoint of {target.cid} failed: runsc checkpoint: {reason}", 1)
+        after = sweep(session, sandbox, target)
+        raise ShimError(f"checkpoint of {target.cid} failed: runsc checkpoint: {reason}{after}", 1)
     session.report.info(
         f"save: runsc checkpoint with CUDA toggled by runsc in {seconds:.3f}s",
         container=target.cid,
         phase="save",
         seconds=round(seconds, 6),
     )
+    if target.args.is_set("leave-running"):
+        # runsc trusts cuda-checkpoint's exit status; a toggle that did nothing leaves a process frozen.
+        after = sweep(session, sandbox, target)
+        if after:
+            raise ShimError(f"checkpoint of {target.cid} failed: runsc checkpoint succeeded{after}", 1)
     commit(session, target, record(session, target, "native", (), {"save": seconds}))
     return 0
+
+
+def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
+    """After a failed native checkpoint: thaw every CUDA process runsc left frozen.
+
+    runsc undoes its partial toggles when it fails cleanly, but not when it is
+    killed or times out mid-save, and a failed thaw toggle can leave processes
+    checkpointed. Every process of a live container is queried (in parallel)
+    and the frozen ones are brought back to running; the pause state is put
+    back as found. Returns what to add to the error message.
+    """
+    state = sandbox.try_state() or sandbox.try_state()
+    if state is None or state.status not in ("running", "paused"):
+        return ""
+    cfg = session.config
+    timeouts = Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s)
+    freezer = Freezer(sandbox, timeouts, session.clock, max_parallel=cfg.max_parallel_cuda_calls)
+    found_paused = target.state.status == "paused"
+    paused = state.status == "paused"
+    try:
+        if paused:
+            sandbox.resume()
+            paused = False
+        help_text = sandbox.cuda(["--help"], timeouts.call_s)
+        caps = cuda.Capabilities.from_help((help_text.stdout + help_text.stderr).decode("utf-8", errors="replace"))
+        if not caps.get_state:
+            return "; runsc-cuda could not check the CUDA processes (this cuda-checkpoint has no --get-state)"
+        freezer.toggle_only = not caps.actions
+        frozen = freezer.frozen(sandbox.pids())
+        left = freezer.rollback(frozen) if frozen else {}
+        if session.runner.abandoned_total:
+            session.runner.reap(timeouts.lock_call_s)
+            left = freezer.rollback(frozen) if frozen else {}
+    except ShimError as e:
+        return f"; runsc-cuda could not check the CUDA processes: {e}"
+    finally:
+        try:
+            if found_paused and not paused:
+                sandbox.pause()
+        except ShimError as e:
+            session.report.warning(f"checkpoint of {target.cid}: could not pause it again: {e}")
+    if left:
+        detail = "; ".join(f"PID {p}: {w}" for p, w in sorted(left.items()))
+        return f"; runsc left CUDA processes frozen and runsc-cuda could not thaw them all: {detail}"
+    if frozen:
+        return f"; runsc left CUDA processes {frozen} frozen: runsc-cuda thawed them"
+    return ""
 
 
 class ExecCheckpoint:

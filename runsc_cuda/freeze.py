@@ -231,6 +231,11 @@ class Freezer:
 
         self._timed("verify", pids, run)
 
+    def frozen(self, pids: list[int]) -> list[int]:
+        """The PIDs that are locked or checkpointed now (queried in parallel; the rest are not CUDA or running)."""
+        states = self._parallel(lambda pid: self.query(pid)[0], pids)
+        return sorted(pid for pid, state in zip(pids, states, strict=True) if state in (cuda.LOCKED, cuda.CHECKPOINTED))
+
     def rollback(self, pids: list[int]) -> dict[int, str]:
         """Query each process and bring it back to running. Returns the PIDs that are not."""
 

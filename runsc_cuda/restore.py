@@ -83,8 +83,10 @@ class ExecRestore:
         if why is not None:
             raise ShimError(f"restore of {self.cid}: {why} before runsc started")
         code = self.freezer.timed("restore-sandbox", [], lambda: self._run_runsc(argv))
+        if code < 0:  # killed: runsc wrote no error of its own
+            raise ShimError(f"restore of {self.cid} failed: runsc restore was killed by signal {-code}", 128 - code)
         if code != 0:
-            return code if code > 0 else 128 - code  # runsc's own error is in the log already
+            return code  # runsc's own error is in the log already
         self._thaw()  # even after a stop request: never leave a restored CUDA process frozen
         why = self.session.interrupted()
         if why is not None:

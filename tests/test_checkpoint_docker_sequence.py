@@ -141,7 +141,13 @@ def test_native_engine_adds_the_flag_and_lets_runsc_toggle(shim: Shim, leave_run
     checkpoint(shim, bundle, "c1", image, leave_running)
     ckpt = next(a for a in shim.runsc_argvs()[before:] if "checkpoint" in a and "help" not in a)
     assert "--cuda-checkpoint-path=/usr/local/bin/cuda-checkpoint" in ckpt
-    assert not any(v.startswith("exec") for v in verbs(shim, before)), "runsc-cuda ran cuda-checkpoint itself"
+    seq = verbs(shim, before)
+    ran = [v for v in seq if v.startswith("exec")]
+    if leave_running:  # runsc-cuda only checks afterwards that runsc left every CUDA process running
+        assert set(ran) == {"exec --help", "exec --get-state"}, ran
+        assert min(i for i, v in enumerate(seq) if v.startswith("exec")) > seq.index("checkpoint")
+    else:
+        assert not ran, "runsc-cuda ran cuda-checkpoint itself"
     saved = json.loads((image / "checkpoint.img").read_text())["cuda"]
     assert saved == {"10": "checkpointed", "11": "checkpointed"}
     assert json.loads((image / "runsc-cuda.json").read_text())["engine"] == "native"

@@ -189,3 +189,63 @@ def test_rollback_gives_up_after_a_few_rounds_and_says_why() -> None:
     left = Freezer(proc, Timeouts(500, 1.0)).rollback([10])
     assert left == {10: "restore failed (exit status 145: illegal state)"}
     assert proc.calls.count("restore") == ROLLBACK_TRIES
+
+
+# --- the native engine and restore -----------------------------------------------------------------
+
+
+def test_runsc_dying_mid_native_checkpoint_does_not_leave_cuda_frozen(shim: Shim) -> None:
+    """Before: runsc killed after its toggles left every CUDA process checkpointed in a live container."""
+    shim.env["RUNSC_CUDA_ENGINE"] = "native"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    out = checkpoint(
+        shim, bundle, "--leave-running", env=faults({"verb": "checkpoint", "fault": "die", "when": "after-toggle"})
+    )
+    assert out.returncode == 1
+    assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
+    assert shim.status("c1") == "paused"
+    assert "runsc left CUDA processes [10, 11] frozen: runsc-cuda thawed them" in shim.last_error(bundle)
+
+
+def test_a_failed_native_thaw_toggle_does_not_leave_cuda_frozen(shim: Shim) -> None:
+    """Before: when runsc's thaw toggle failed, its undo re-froze the others, and they stayed checkpointed."""
+    shim.env["RUNSC_CUDA_ENGINE"] = "native"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    plan = {"pid": 10, "op": "toggle", "fault": "fail", "skip": 1}
+    out = checkpoint(shim, bundle, "--leave-running", env=cuda_faults(plan))
+    assert out.returncode == 1
+    assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
+    assert shim.status("c1") == "paused"
+
+
+def test_a_native_checkpoint_killed_for_its_timeout_does_not_leave_cuda_frozen(shim: Shim) -> None:
+    shim.env.update(RUNSC_CUDA_ENGINE="native", RUNSC_CUDA_CHECKPOINT_TIMEOUT_S="2")
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="running")
+    plan = {"pid": 10, "op": "toggle", "fault": "hang", "seconds": 3}
+    out = checkpoint(shim, bundle, "--leave-running", env=cuda_faults(plan))
+    assert out.returncode == 1
+    assert "runsc checkpoint: timed out" in shim.last_error(bundle)
+    assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
+    assert shim.status("c1") == "running"
+
+
+def test_runsc_restore_killed_is_reported_in_the_log(shim: Shim) -> None:
+    """Before: a runsc restore killed by a signal left no error in log.json (runsc wrote none)."""
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    bundle, image = stopped_image(shim)
+    out = docker_restore(shim, bundle, image, env=faults({"verb": "restore", "fault": "die"}))
+    assert out.returncode == 137
+    assert shim.last_error(bundle) == "runsc-cuda: restore of c1 failed: runsc restore was killed by signal 9"
+
+
+def test_a_native_thaw_toggle_that_did_nothing_is_caught(shim: Shim) -> None:
+    """Before: runsc trusts cuda-checkpoint's exit 0; a thaw toggle that did nothing left the process frozen."""
+    shim.env["RUNSC_CUDA_ENGINE"] = "native"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    plan = {"pid": 11, "op": "toggle", "fault": "empty", "skip": 1}
+    out = checkpoint(shim, bundle, "--leave-running", env=cuda_faults(plan))
+    assert out.returncode == 1
+    assert "runsc checkpoint succeeded; runsc left CUDA processes [11] frozen" in shim.last_error(bundle)
+    assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
+    assert shim.status("c1") == "paused"
+    assert not (shim.tmp / "image" / "runsc-cuda.json").exists()
