@@ -33,13 +33,29 @@ def trust_problem(path: str) -> str | None:
     """Why a host binary must not be mounted into containers, or None.
 
     It must be a regular file (after symlinks), owned by root, and writable by
-    nobody but root: a container-reachable tool that others can rewrite would
-    let them run code in every GPU container.
+    nobody but root, in folders that nobody but root can change (a folder
+    others may write to lets them swap the file, unless it is sticky like
+    /tmp): a container-reachable tool that others can rewrite would let them
+    run code in every GPU container.
     """
     try:
         st = os.stat(path)
     except OSError as e:
         return f"{path}: {e.strerror}"
+    folder = os.path.dirname(os.path.realpath(path))
+    while True:
+        try:
+            dst = os.stat(folder)
+        except OSError as e:
+            return f"{folder}: {e.strerror}"
+        if dst.st_uid != 0:
+            return f"{path} is in {folder}, owned by uid {dst.st_uid}, not root"
+        if dst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not dst.st_mode & stat.S_ISVTX:
+            return f"{path} is in {folder}, writable by group or others (mode {stat.S_IMODE(dst.st_mode):04o})"
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
     if not stat.S_ISREG(st.st_mode):
         return f"{path} is not a regular file"
     if st.st_uid != 0:
@@ -58,18 +74,20 @@ def find_cuda_checkpoint(
     candidates: tuple[str, ...] = CUDA_CHECKPOINT_CANDIDATES,
 ) -> HostBinary | None:
     """The host cuda-checkpoint: config/env, the usual locations, then PATH."""
+    # The mount's source is the real path, the file that was checked (not a link that may change).
     if configured:
-        path = os.path.abspath(configured)
+        path = os.path.realpath(configured)
         if not os.path.exists(path):
             return HostBinary(path, "config", f"{path} (from config cuda_checkpoint) does not exist")
         return HostBinary(path, "config", None if trust else trust_problem(path))
     for candidate in candidates:
         if os.path.exists(candidate):
-            return HostBinary(candidate, "default", None if trust else trust_problem(candidate))
+            path = os.path.realpath(candidate)
+            return HostBinary(path, "default", None if trust else trust_problem(path))
     found = which("cuda-checkpoint", environ.get("PATH"))
     if found is None:
         return None
-    path = os.path.abspath(found)
+    path = os.path.realpath(found)
     return HostBinary(path, "PATH", None if trust else trust_problem(path))
 
 

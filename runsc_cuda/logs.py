@@ -54,7 +54,10 @@ _RESERVED = frozenset(
 
 
 def _one_line(message: str) -> str:
-    return " ".join(message.split())
+    """One line of printable text: a message may quote output from inside the sandbox, and
+    containerd and terminals show it as it is (escape codes would steer them)."""
+    text = " ".join(message.split())
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 def rfc3339(now: float) -> str:

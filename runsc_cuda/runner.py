@@ -7,6 +7,7 @@ shell string.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import tempfile
@@ -47,10 +48,14 @@ class Result:
         return self.stdout.decode("utf-8", errors="replace")
 
     def error_text(self, limit: int = 300) -> str:
-        """The first line of stderr (or stdout), shortened, for messages."""
+        """The first line of stderr (or stdout), shortened and printable, for messages.
+
+        It may come from inside the sandbox: control characters (terminal
+        escapes) are replaced, so it cannot steer the terminal that shows it.
+        """
         for blob in (self.stderr, self.stdout):
-            for line in blob.decode("utf-8", errors="replace").splitlines():
-                line = line.strip()
+            for line in blob[: limit * 4].decode("utf-8", errors="replace").splitlines():
+                line = printable(line).strip()
                 if line:
                     return line[:limit]
         return ""
@@ -62,6 +67,26 @@ class Result:
         code = self.returncode
         status = f"exit status {code}" if code is not None and code >= 0 else f"killed by signal {-(code or 0)}"
         return f"{status}: {detail}" if detail else status
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (control codes, escapes) as ``?``."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _append_only(f: IO[bytes]) -> None:
+    """Make writes to ``f`` (and to the program's copy of it) land at its end, even after a truncate."""
+    flags = fcntl.fcntl(f.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(f.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
+
+
+def _cap(f: IO[bytes], limit: int) -> bool:
+    """Cut ``f`` back to ``limit`` + 1 bytes once it has grown past twice that; whether it was cut."""
+    fd = f.fileno()
+    if os.fstat(fd).st_size <= 2 * (limit + 1):
+        return False
+    os.ftruncate(fd, limit + 1)  # the first limit bytes stay; the extra byte marks the cut
+    return True
 
 
 def _read_bounded(f: IO[bytes], limit: int) -> tuple[bytes, bool]:
@@ -98,6 +123,8 @@ class Runner:
         closed pipe."""
         start = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            _append_only(out)
+            _append_only(err)
             try:
                 proc = subprocess.Popen(
                     list(argv),
@@ -118,8 +145,23 @@ class Runner:
                 except OSError:
                     pass
             timed_out = False
+            cut = False
+            deadline = start + timeout
+            pause = 0.001
             try:
-                proc.wait(timeout=timeout)
+                # Wait in slices (1 ms growing to 10 ms, back to 1 ms while a program keeps
+                # writing): output beyond the limit is cut from the temp files as it comes, so
+                # a program inside the sandbox cannot fill the host's disk.
+                while True:
+                    try:
+                        proc.wait(timeout=max(0.0, min(pause, deadline - time.monotonic())))
+                        break
+                    except subprocess.TimeoutExpired:
+                        now_cut = _cap(out, self.max_output) | _cap(err, self.max_output)
+                        cut = cut or now_cut
+                        pause = 0.001 if now_cut else min(0.01, pause * 2)
+                        if time.monotonic() >= deadline:
+                            raise
             except subprocess.TimeoutExpired:
                 timed_out = True
                 if kill_on_timeout:
@@ -132,7 +174,8 @@ class Runner:
             stdout, cut_out = _read_bounded(out, self.max_output)
             stderr, cut_err = _read_bounded(err, self.max_output)
         code = None if (timed_out and not kill_on_timeout) else proc.returncode
-        return Result(tuple(argv), code, stdout, stderr, time.monotonic() - start, timed_out, cut_out or cut_err)
+        truncated = cut or cut_out or cut_err
+        return Result(tuple(argv), code, stdout, stderr, time.monotonic() - start, timed_out, truncated)
 
     def abandoned(self) -> int:
         with self._lock:

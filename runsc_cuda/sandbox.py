@@ -29,7 +29,7 @@ class ContainerState:
 def parse_state(output: bytes, cid: str) -> ContainerState:
     try:
         doc: Any = json.loads(output.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ShimError(f"runsc state {cid}: unreadable output") from None
     if not isinstance(doc, dict):
         raise ShimError(f"runsc state {cid}: unexpected output")
@@ -42,7 +42,10 @@ def parse_state(output: bytes, cid: str) -> ContainerState:
 def parse_pids(output: bytes) -> list[int]:
     """``runsc ps --format json`` output: a JSON array of sandbox PIDs. Raises ValueError."""
     text = output.decode("utf-8", errors="strict").strip()
-    doc = json.loads(text)
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(doc, list):
         raise ValueError("not a JSON array")
     if len(doc) > MAX_PIDS:
@@ -69,11 +72,13 @@ class Sandbox:
         result = self.session.call_runsc(["state", self.id])
         if not result.ok:
             raise ShimError(f"runsc state {self.id} failed: {result.describe()}")
+        if result.truncated:
+            raise ShimError(f"runsc state {self.id}: output larger than {self.session.config.max_output_bytes} bytes")
         return parse_state(result.stdout, self.id)
 
     def try_state(self) -> ContainerState | None:
         result = self.session.call_runsc(["state", self.id])
-        if not result.ok:
+        if not result.ok or result.truncated:
             return None
         try:
             return parse_state(result.stdout, self.id)
@@ -84,6 +89,9 @@ class Sandbox:
         result = self.session.call_runsc(["ps", "--format", "json", self.id])
         if not result.ok:
             raise ShimError(f"runsc ps {self.id} failed: {result.describe()}")
+        if result.truncated:  # what was cut may have held PIDs: never act on part of the list
+            limit = self.session.config.max_output_bytes
+            raise ShimError(f"runsc ps {self.id}: unusable output: larger than {limit} bytes")
         try:
             return parse_pids(result.stdout)
         except (UnicodeDecodeError, ValueError) as e:

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from runsc_cuda import __version__
+from runsc_cuda.cuda import STATES
 from runsc_cuda.errors import ShimError
 from runsc_cuda.host import GpuInfo
+from runsc_cuda.sandbox import MAX_PIDS, PID_MAX
 
 NAME = "runsc-cuda.json"
 FORMAT = 1
@@ -84,22 +86,40 @@ def _expect(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], path: 
     return value
 
 
+def _mapping(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """An optional informational object: anything else is ignored (it decides nothing)."""
+    value = doc.get(key)
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def parse(text: str, path: str) -> Sidecar:
     try:
         doc = json.loads(text)
     except ValueError as e:
         raise ShimError(f"{path}: invalid JSON: {e}") from None
+    except RecursionError:
+        raise ShimError(f"{path}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise ShimError(f"{path}: expected a JSON object")
     fmt = _expect(doc, "format", int, path)
     if fmt > FORMAT:
         raise ShimError(f"{path}: written by a newer runsc-cuda (format {fmt}); upgrade runsc-cuda to restore it")
+    # The image may come from anywhere: its PIDs and states are checked like runsc's own output.
+    items = _expect(doc, "cuda_processes", list, path)
+    if len(items) > MAX_PIDS:
+        raise ShimError(f"{path}: cuda_processes: {len(items)} entries, more than {MAX_PIDS}")
     procs = []
-    for item in _expect(doc, "cuda_processes", list, path):
+    for item in items:
         if not isinstance(item, dict):
             raise ShimError(f"{path}: cuda_processes: unexpected value")
         pid = _expect(item, "pid", int, path)
-        procs.append(CudaProcess(pid, str(item.get("state_before", "")), _expect(item, "state_saved", str, path)))
+        if not 0 < pid <= PID_MAX:
+            raise ShimError(f"{path}: cuda_processes: not a PID: {pid}")
+        saved = _expect(item, "state_saved", str, path)
+        before = item.get("state_before", "")
+        if saved not in STATES or (before and before not in STATES):
+            raise ShimError(f"{path}: cuda_processes: PID {pid}: unknown state {str(saved)[:20]!r}")
+        procs.append(CudaProcess(pid, str(before), saved))
     driver = doc.get("driver_version")
     if driver is not None and not isinstance(driver, str):
         raise ShimError(f"{path}: driver_version: unexpected value")
@@ -117,8 +137,8 @@ def parse(text: str, path: str) -> Sidecar:
         gpus=tuple(gpus),
         cuda_processes=tuple(procs),
         leave_running=bool(doc.get("leave_running", False)),
-        timings={k: float(v) for k, v in (doc.get("timings") or {}).items() if isinstance(v, (int, float))},
-        options=dict(doc.get("options") or {}),
+        timings={k: float(v) for k, v in _mapping(doc, "timings").items() if isinstance(v, (int, float))},
+        options=_mapping(doc, "options"),
         runsc_cuda_version=str(doc.get("runsc_cuda_version", "")),
         created=str(doc.get("created", "")),
         format=fmt,

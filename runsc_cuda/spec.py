@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -155,11 +156,19 @@ def is_our_mount(mount: dict[str, Any]) -> bool:
     )
 
 
+def container_path(destination: str) -> str:
+    """Where a mount destination lands in the container: relative ones are taken from the root
+    (as runc does), ``..`` stops at the root, and repeated or trailing slashes do not count."""
+    return posixpath.normpath("/" + destination.lstrip("/"))
+
+
 def mount_at(doc: dict[str, Any], destination: str) -> dict[str, Any] | None:
+    """The last mount that lands on ``destination`` (however its path is spelled), or None."""
+    found = None
     for mount in doc.get("mounts") or []:
-        if os.path.normpath(mount["destination"]) == destination:
-            return dict(mount)
-    return None
+        if container_path(mount["destination"]) == destination:
+            found = dict(mount)
+    return found
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ class Tally:
                 "scale": scale(),
                 "seconds": seconds,
                 "notes": self.notes,
-                "lost_cases": {k: v[:3] for k, v in sorted(self.lost.items())[:20]},
+                "lost_cases": {k: v[:3] for k, v in sorted(self.lost.items())[:200]},
             }
             with open(path, "a", encoding="utf-8") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
@@ -185,3 +185,18 @@ def wait_settled(shim: Shim, seconds: float) -> list[int]:
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.1)
+
+
+class Template:
+    """One GPU container made once through runsc-cuda, copied afresh for every case (copying is cheap)."""
+
+    def __init__(self, base: Shim, name: str, cid: str, pids: tuple[int, ...], cuda: tuple[int, ...], status: str):
+        self.base = base
+        self.cid = cid
+        self.name = name
+        self.shim = case_shim(base, f"template-{name}")
+        self.bundle = self.shim.gpu_container(cid, pids, cuda, status=status)
+
+    def fresh(self, case: str) -> tuple[Shim, Path]:
+        shim = case_shim(self.base, f"{self.name}-{case}")
+        return shim, clone_container(self.shim, self.cid, shim)

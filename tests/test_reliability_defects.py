@@ -7,10 +7,15 @@ cause down with the smallest case that shows it.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
+import pytest
 from test_restore import docker_restore, stopped_image
 
+from runsc_cuda import host, logs, sandbox, sidecar, spec
+from runsc_cuda.errors import ShimError
 from runsc_cuda.freeze import ROLLBACK_TRIES, Freezer, Timeouts
 from runsc_cuda.runner import Result
 
@@ -249,3 +254,92 @@ def test_a_native_thaw_toggle_that_did_nothing_is_caught(shim: Shim) -> None:
     assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
     assert shim.status("c1") == "paused"
     assert not (shim.tmp / "image" / "runsc-cuda.json").exists()
+
+
+# --- hostile input -----------------------------------------------------------------------------------
+
+
+def test_error_text_from_the_sandbox_cannot_steer_a_terminal() -> None:
+    """Before: cuda-checkpoint's stderr reached stderr and log.json with its escape codes."""
+    result = Result(("x",), 2, b"", b"\x1b[2J\x1b]0;owned\x07bad\r\n", 0.0)
+    assert result.error_text() == "?[2J?]0;owned?bad"
+    assert logs.format_line("error", "a\x1b[31mb", 0.0, "json") == '{"level": "error", "msg": "a?[31mb", ' + (
+        '"time": "1970-01-01T00:00:00.000000Z"}\n'
+    )
+
+
+def test_deeply_nested_output_is_a_clean_error_not_an_internal_one() -> None:
+    """Before: json.loads raised RecursionError, which became 'internal error: RecursionError'."""
+    with pytest.raises(ValueError, match="nested too deeply"):
+        sandbox.parse_pids(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ShimError, match="unreadable output"):
+        sandbox.parse_state(b"[" * 100_000, "c1")
+    with pytest.raises(ShimError, match="nested too deeply"):
+        sidecar.parse("[" * 100_000 + "]" * 100_000, "img/runsc-cuda.json")
+
+
+def test_truncated_ps_output_is_refused(shim: Shim) -> None:
+    """Before: a list followed by megabytes of blanks was cut at max_output_bytes and read as complete."""
+    shim.env.update(RUNSC_CUDA_ENGINE="exec", RUNSC_CUDA_MAX_OUTPUT_BYTES="4096")
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    out = checkpoint(shim, bundle, env=faults({"verb": "ps", "fault": "output", "output": "[1]" + " " * 8192}))
+    assert out.returncode == 1
+    assert "runsc ps c1: unusable output: larger than 4096 bytes" in shim.last_error(bundle)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"pid": -1}, "not a PID: -1"),
+        ({"pid": 0}, "not a PID: 0"),
+        ({"pid": 2**40}, "not a PID"),
+        ({"state_saved": "$(reboot)"}, "unknown state"),
+    ],
+)
+def test_sidecar_pids_and_states_are_checked(change: dict[str, object], message: str) -> None:
+    """Before: any integer PID and any state from an image's sidecar reached cuda-checkpoint calls."""
+    doc = {
+        "format": 1,
+        "engine": "exec",
+        "gpus": [],
+        "cuda_processes": [{"pid": 10, "state_saved": "checkpointed", **change}],
+    }
+    with pytest.raises(ShimError, match=re.escape(message)):
+        sidecar.parse(json.dumps(doc), "img/runsc-cuda.json")
+
+
+def test_sidecar_informational_fields_of_the_wrong_type_are_ignored() -> None:
+    """Before: a list as ``timings`` or ``options`` raised AttributeError/TypeError (an internal error)."""
+    doc = {"format": 1, "engine": "exec", "gpus": [], "cuda_processes": [], "timings": [1], "options": [1, 2]}
+    record = sidecar.parse(json.dumps(doc), "img/runsc-cuda.json")
+    assert record.timings == {} and record.options == {}
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["usr/local/bin/cuda-checkpoint", "//usr/local/bin/cuda-checkpoint", "/usr/local/bin/./cuda-checkpoint"],
+)
+def test_a_mount_at_the_destination_is_found_however_it_is_spelled(destination: str) -> None:
+    """Before: a relative or '//' destination was not recognised, and runsc-cuda mounted over it."""
+    doc = {"mounts": [{"destination": destination, "type": "bind", "source": "/opt/mine", "options": ["ro"]}]}
+    result = spec.patch(doc, "/usr/bin/cuda-checkpoint")
+    assert result.doc is None and "does not replace" in result.notes[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root-owned files")
+def test_the_host_binary_is_checked_and_mounted_by_its_real_path(tmp_path: Path) -> None:
+    """Before: a symlink was mounted by its own path (it can be repointed after the check), and a file in
+    a folder anyone can write to (so anyone can swap it) was trusted."""
+    real = tmp_path / "real" / "cuda-checkpoint"
+    real.parent.mkdir()
+    real.write_text("#!/bin/sh\n")
+    real.chmod(0o755)
+    link = tmp_path / "cuda-checkpoint"
+    link.symlink_to(real)
+    found = host.find_cuda_checkpoint(str(link), {})
+    assert found is not None and found.path == str(real) and found.problem is None
+    real.parent.chmod(0o777)
+    found = host.find_cuda_checkpoint(str(link), {})
+    assert found is not None and "writable by group or others" in (found.problem or "")
+    real.parent.chmod(0o1777)  # sticky, like /tmp: others cannot swap root's file
+    assert host.trust_problem(str(real)) is None

@@ -37,6 +37,7 @@ Test switches (environment):
            garbage  print garbage (or "output") and exit 0 without changing anything
            empty    print nothing and exit 0 without changing anything
            output   print "output" (and "stderr"), each "repeat" times, exit "code"
+                    ("output_file": print that file's bytes as well: megabytes, binary)
            signal   send "signal" (default TERM) to the caller, "when" before (default) or
                     after the call is carried out
 """
@@ -240,6 +241,12 @@ def apply_fault(plan: dict[str, Any], box: Container, pid: int, op: str, opts: d
         raise Exit(0)
     elif kind == "output":
         repeat = int(plan.get("repeat", 1))
+        if plan.get("output_file"):
+            with open(plan["output_file"], "rb") as f:
+                data = f.read()
+            sys.stdout.flush()
+            for _ in range(repeat):
+                sys.stdout.buffer.write(data)
         for _ in range(repeat):
             sys.stdout.write(str(plan.get("output", "")))
         for _ in range(repeat if plan.get("stderr") else 0):

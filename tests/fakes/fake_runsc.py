@@ -34,6 +34,7 @@ Test switches (environment):
            die      SIGKILL itself (runsc dying mid-call); checkpoint with "when": "after-toggle"
                     dies after toggling CUDA processes (native engine), before saving
            output   print "output" (and "stderr"), each "repeat" times, exit "code"
+                    ("output_file": print that file's bytes instead: megabytes, binary)
            signal   send "signal" (default TERM) to the caller, "when" before (default) or
                     after the call is carried out
   FAKE_RUNSC_VERSION=<text>    what --version prints as the version
@@ -415,7 +416,13 @@ class Fake:
                     os.kill(os.getpid(), signal.SIGKILL)
             if kind == "output":
                 repeat = int(plan.get("repeat", 1))
-                for _ in range(repeat):
+                if plan.get("output_file"):
+                    with open(plan["output_file"], "rb") as f:
+                        data = f.read()
+                    sys.stdout.flush()
+                    for _ in range(repeat):
+                        sys.stdout.buffer.write(data)
+                for _ in range(repeat if plan.get("output") else 0):
                     sys.stdout.write(plan["output"])
                 for _ in range(repeat if plan.get("stderr") else 0):
                     sys.stderr.write(plan["stderr"])
