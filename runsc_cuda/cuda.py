@@ -52,7 +52,9 @@ def parse_state(output: bytes) -> str | None:
     """The state ``--get-state`` printed, or None for anything else (output is untrusted)."""
     if len(output) > 64:
         return None
-    text = output.decode("ascii", errors="replace").strip()
+    # Only ASCII blanks around the word (bytes.strip): str.strip would also drop control codes
+    # such as \x1c that no cuda-checkpoint prints.
+    text = output.strip().decode("ascii", errors="replace")
     return text if text in STATES else None
 
 
