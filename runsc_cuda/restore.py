@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 
 from runsc_cuda import cuda, host, sidecar
 from runsc_cuda.create import Prepared, container_id, prepare, translated_args
@@ -42,15 +44,24 @@ def handle(session: Session) -> int:
     cfg = session.config
     cid = prepared.container_id or ""
     root = session.cmd.global_value("root") or "/var/run/runsc"
-    with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
-        return ExecRestore(session, prepared, record).run()
+    with ExitStack() as held:
+        held.enter_context(container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s))
+        # A foreground restore lasts as long as its container: the lock goes once the thaw is done.
+        return ExecRestore(session, prepared, record, release=held.close).run()
 
 
 class ExecRestore:
     """Restore an image the exec engine made: runsc restores, runsc-cuda thaws."""
 
-    def __init__(self, session: Session, prepared: Prepared, record: sidecar.Sidecar) -> None:
+    def __init__(
+        self,
+        session: Session,
+        prepared: Prepared,
+        record: sidecar.Sidecar,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
         self.session = session
+        self.release = release
         self.prepared = prepared
         self.record = record
         self.cid = prepared.container_id or ""
@@ -102,6 +113,7 @@ class ExecRestore:
                 except ShimError as e:
                     self.session.report.error(e.message)
                     child.send_signal(15)
+            self.release()
             code = child.wait()
         return code if code >= 0 else 128 - code
 

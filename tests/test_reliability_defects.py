@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
-from test_restore import docker_restore, stopped_image
+from test_restore import _foreground, _wait_for, docker_restore, stopped_image
 
 from runsc_cuda import host, logs, sandbox, sidecar, spec
 from runsc_cuda.errors import ShimError
@@ -343,3 +344,19 @@ def test_the_host_binary_is_checked_and_mounted_by_its_real_path(tmp_path: Path)
     assert found is not None and "writable by group or others" in (found.problem or "")
     real.parent.chmod(0o1777)  # sticky, like /tmp: others cannot swap root's file
     assert host.trust_problem(str(real)) is None
+
+
+def test_a_foreground_restore_does_not_hold_the_lock_while_the_container_runs(shim: Shim) -> None:
+    """Before: runsc-cuda held the container's lock until a foreground restore's container exited, so
+    every later checkpoint of that container waited lock_wait_s and failed."""
+    shim.env.update(RUNSC_CUDA_ENGINE="exec", RUNSC_CUDA_LOCK_WAIT_S="2")
+    bundle, image = stopped_image(shim)
+    proc = _foreground(shim, bundle, image)
+    try:
+        _wait_for(lambda: shim.cuda_states("c1") == dict.fromkeys(CUDA, "running"))
+        time.sleep(0.3)
+        out = shim.docker(bundle, "checkpoint", "--image-path", str(shim.tmp / "again"), "--leave-running", "c1")
+        assert out.returncode == 0, shim.last_error(bundle)
+    finally:
+        shim.run("kill", "c1", "KILL")
+        proc.wait(timeout=30)
