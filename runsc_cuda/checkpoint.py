@@ -169,22 +169,28 @@ def native(session: Session, sandbox: Sandbox, target: Target) -> int:
 
 
 def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
-    """After a failed native checkpoint: thaw every CUDA process runsc left frozen.
+    """After a native checkpoint (a failed one, or one with --leave-running): thaw every CUDA
+    process runsc left frozen.
 
     runsc undoes its partial toggles when it fails cleanly, but not when it is
-    killed or times out mid-save, and a failed thaw toggle can leave processes
-    checkpointed. Every process of a live container is queried (in parallel)
-    and the frozen ones are brought back to running; the pause state is put
-    back as found. Returns what to add to the error message.
+    killed or times out mid-save; a failed thaw toggle can leave processes
+    checkpointed, and runsc trusts cuda-checkpoint's exit 0. Every process of
+    a live container is queried (in parallel) and the frozen ones are brought
+    back to running; the pause state is put back as found. Returns what to
+    add to the error message: empty when every process was seen running.
     """
     state = sandbox.try_state() or sandbox.try_state()
     if state is None or state.status not in ("running", "paused"):
         return ""
     cfg = session.config
+    runner = session.runner
     timeouts = Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s)
     freezer = Freezer(sandbox, timeouts, session.clock, max_parallel=cfg.max_parallel_cuda_calls)
     found_paused = target.state.status == "paused"
     paused = state.status == "paused"
+    notes: list[str] = []
+    frozen: list[int] = []
+    left: dict[int, str] = {}
     try:
         if paused:
             sandbox.resume()
@@ -192,27 +198,37 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
         help_text = sandbox.cuda(["--help"], timeouts.call_s)
         caps = cuda.Capabilities.from_help((help_text.stdout + help_text.stderr).decode("utf-8", errors="replace"))
         if not caps.get_state:
-            return "; runsc-cuda could not check the CUDA processes (this cuda-checkpoint has no --get-state)"
-        freezer.toggle_only = not caps.actions
-        frozen = freezer.frozen(sandbox.pids())
-        left = freezer.rollback(frozen) if frozen else {}
-        if session.runner.abandoned_total:
-            session.runner.reap(timeouts.lock_call_s)
+            notes.append("runsc-cuda could not check the CUDA processes (this cuda-checkpoint has no --get-state)")
+        else:
+            freezer.toggle_only = not caps.actions
+            frozen, unknown = freezer.frozen(sandbox.pids())
             left = freezer.rollback(frozen) if frozen else {}
+            if runner.abandoned_total and frozen:
+                runner.reap(timeouts.lock_call_s)
+                left = freezer.rollback(frozen)
+            if unknown:
+                detail = "; ".join(f"PID {p}: {w}" for p, w in unknown.items())
+                notes.append(f"runsc-cuda could not check every process: {detail}")
     except ShimError as e:
-        return f"; runsc-cuda could not check the CUDA processes: {e}"
-    finally:
+        notes.append(f"runsc-cuda could not check the CUDA processes: {e}")
+    if runner.abandoned_total:
+        runner.reap(timeouts.lock_call_s)  # their errors must not land after ours in log.json
+    if found_paused and not paused:
         try:
-            if found_paused and not paused:
+            try:
                 sandbox.pause()
+            except ShimError:
+                sandbox.pause()  # once more: the pause state must be as found
         except ShimError as e:
-            session.report.warning(f"checkpoint of {target.cid}: could not pause it again: {e}")
+            notes.append(f"could not pause it again: {e}")
+    parts = []
     if left:
         detail = "; ".join(f"PID {p}: {w}" for p, w in sorted(left.items()))
-        return f"; runsc left CUDA processes frozen and runsc-cuda could not thaw them all: {detail}"
-    if frozen:
-        return f"; runsc left CUDA processes {frozen} frozen: runsc-cuda thawed them"
-    return ""
+        parts.append(f"runsc left CUDA processes frozen and runsc-cuda could not thaw them all: {detail}")
+    elif frozen:
+        parts.append(f"runsc left CUDA processes {frozen} frozen: runsc-cuda thawed them")
+    parts += notes
+    return "".join(f"; {p}" for p in parts)
 
 
 class ExecCheckpoint:

@@ -231,10 +231,27 @@ class Freezer:
 
         self._timed("verify", pids, run)
 
-    def frozen(self, pids: list[int]) -> list[int]:
-        """The PIDs that are locked or checkpointed now (queried in parallel; the rest are not CUDA or running)."""
-        states = self._parallel(lambda pid: self.query(pid)[0], pids)
-        return sorted(pid for pid, state in zip(pids, states, strict=True) if state in (cuda.LOCKED, cuda.CHECKPOINTED))
+    def frozen(self, pids: list[int]) -> tuple[list[int], dict[int, str]]:
+        """Query every PID (in parallel): the ones locked or checkpointed now, and the ones whose
+        state nobody could tell (the query did not run, or answered nonsense), with why."""
+
+        def look(pid: int) -> tuple[int, str | None, str]:
+            result = self.sandbox.cuda(cuda.get_state(pid), self.timeouts.call_s)
+            if not result.answered:
+                return pid, None, f"the query did not run ({result.describe()})"
+            if not result.ok:
+                return pid, None, ""  # cuda-checkpoint answered: not a CUDA process
+            state = cuda.parse_state(result.stdout)
+            return pid, state, "" if state is not None else f"unexpected output {result.stdout[:60]!r}"
+
+        frozen: list[int] = []
+        unknown: dict[int, str] = {}
+        for pid, state, why in self._parallel(look, pids):
+            if why:
+                unknown[pid] = why
+            elif state in (cuda.LOCKED, cuda.CHECKPOINTED):
+                frozen.append(pid)
+        return sorted(frozen), dict(sorted(unknown.items()))
 
     def rollback(self, pids: list[int]) -> dict[int, str]:
         """Query each process and bring it back to running. Returns the PIDs that are not."""

@@ -360,3 +360,23 @@ def test_a_foreground_restore_does_not_hold_the_lock_while_the_container_runs(sh
     finally:
         shim.run("kill", "c1", "KILL")
         proc.wait(timeout=30)
+
+
+def test_a_native_check_that_could_not_run_fails_the_checkpoint(shim: Shim) -> None:
+    """Before (the check added above): a query runsc exec could not run counted as 'not frozen'."""
+    shim.env["RUNSC_CUDA_ENGINE"] = "native"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    plan = {"verb": "exec", "fault": "fail", "match": "--get-state --pid 11"}
+    out = checkpoint(shim, bundle, "--leave-running", env=faults(plan))
+    assert out.returncode == 1
+    assert "could not check every process: PID 11: the query did not run" in shim.last_error(bundle)
+    assert shim.status("c1") == "paused"
+
+
+def test_a_native_check_puts_the_pause_back_even_if_pause_fails_once(shim: Shim) -> None:
+    """Before: a failed pause after the check was only a warning; the container stayed running."""
+    shim.env["RUNSC_CUDA_ENGINE"] = "native"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    out = checkpoint(shim, bundle, "--leave-running", env=faults({"verb": "pause", "fault": "fail"}))
+    assert out.returncode == 0, shim.last_error(bundle)
+    assert shim.status("c1") == "paused"
