@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BUILD := $(PY) packaging/build.py
 
-.PHONY: venv test check lint demo bench dist deb test-binary clean-dist
+.PHONY: venv test check lint demo bench reliability dist deb test-binary clean-dist
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,8 @@ demo: venv
 
 clean-dist:
 	rm -rf build/pyinstaller dist
+
+# The reliability suites' figures as a table (tried / survived / lost); SCALE=N runs more cases.
+SCALE ?= 1
+reliability: venv
+	$(PY) bench/reliability.py --scale $(SCALE)
