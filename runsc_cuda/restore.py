@@ -133,7 +133,11 @@ class ExecRestore:
         try:
             self.freezer.thaw(self.states)
         except StepError as first:
-            # One more try from whatever state each process is in now.
+            # One more try from whatever state each process is in now, once the calls that
+            # outlived their timeout are done (a late one may still change a state).
+            runner = self.session.runner
+            if runner.abandoned_total:
+                runner.reap(self.freezer.timeouts.lock_call_s)
             left = self.freezer.rollback(pids)
             if left:
                 detail = "; ".join(f"PID {p}: {w}" for p, w in sorted(left.items()))

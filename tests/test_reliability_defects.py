@@ -380,3 +380,19 @@ def test_a_native_check_puts_the_pause_back_even_if_pause_fails_once(shim: Shim)
     out = checkpoint(shim, bundle, "--leave-running", env=faults({"verb": "pause", "fault": "fail"}))
     assert out.returncode == 0, shim.last_error(bundle)
     assert shim.status("c1") == "paused"
+
+
+def test_a_restore_retries_its_thaw_only_after_a_late_call_is_done(shim: Shim) -> None:
+    """Before: the thaw's second try ran while a call that had timed out was still going, so the two
+    raced (and the late call's outcome, or its runsc error, came after runsc-cuda's)."""
+    shim.env.update(RUNSC_CUDA_ENGINE="exec")
+    bundle, image = stopped_image(shim)
+    shim.env.update(RUNSC_CUDA_CUDA_CALL_TIMEOUT_S="1", RUNSC_CUDA_LOCK_TIMEOUT_MS="3000")
+    plan = {"pid": 10, "op": "restore", "fault": "hang", "seconds": 2, "then": "complete"}
+    out = docker_restore(shim, bundle, image, env=cuda_faults(plan))
+    assert out.returncode == 0, shim.last_error(bundle)
+    assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
+    calls = [json.loads(x) for x in (shim.root / "c1" / "cuda-calls.jsonl").read_text().splitlines()]
+    late = next(c for c in calls if c["argv"][:4] == ["--action", "restore", "--pid", "10"] and c["code"] == 0)
+    retry = [c for c in calls if c["start"] > late["start"] + 0.5]
+    assert retry and min(c["start"] for c in retry) >= late["end"], "the retry started before the late call ended"
