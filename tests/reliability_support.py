@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from conftest import Shim
 
 T = TypeVar("T")
@@ -91,6 +93,12 @@ class Tally:
         assert self.tried > 0
 
 
+def entry_point(shim: Shim) -> None:
+    """The suites run against the Python module; against the built binary too from scale 2 (time)."""
+    if shim.entry != "python" and scale() < 2:
+        pytest.skip(f"the reliability suites run against the {shim.entry} from {SCALE_ENV}=2")
+
+
 def in_parallel(fn: Callable[[T], None], items: Iterable[T], n: int | None = None) -> None:
     with ThreadPoolExecutor(max_workers=n or workers()) as pool:
         for _ in pool.map(fn, items):
@@ -106,7 +114,7 @@ def case_shim(base: Shim, name: str) -> Shim:
     tmp.mkdir(parents=True, exist_ok=True)
     env = dict(base.env)
     env["RUNSC_CUDA_STATE_DIR"] = str(tmp / "state")
-    return Shim(tmp, base.bin, tmp / "root", env, base.fakes, list(base.command))
+    return Shim(tmp, base.bin, tmp / "root", env, base.fakes, list(base.command), base.entry)
 
 
 def clone_container(template: Shim, cid: str, target: Shim) -> Path:

@@ -48,6 +48,7 @@ from reliability_support import (
     Tally,
     case_shim,
     clone_container,
+    entry_point,
     held_locks,
     in_parallel,
     last_error,
@@ -66,17 +67,26 @@ CID = "c1"
 CUDA = (10, 11)
 PIDS = (1, *CUDA)
 
-RUNSC_TIMEOUT = 1.0
-CUDA_TIMEOUT = 1.0
+# Short timeouts only where a call is made to hang past them (a loaded machine makes 1 s calls time
+# out); every other case gets generous ones, so only the injected fault can fail it.
+RUNSC_TIMEOUT = 3.0
+CUDA_TIMEOUT = 3.0
 LOCK_MS = 500
 SAVE_TIMEOUT = 4.0
-TIMEOUTS = {
+HANG_TIMEOUTS = {
     "RUNSC_CUDA_RUNSC_CALL_TIMEOUT_S": str(RUNSC_TIMEOUT),
     "RUNSC_CUDA_CUDA_CALL_TIMEOUT_S": str(CUDA_TIMEOUT),
     "RUNSC_CUDA_LOCK_TIMEOUT_MS": str(LOCK_MS),
     "RUNSC_CUDA_CHECKPOINT_TIMEOUT_S": str(SAVE_TIMEOUT),
-    "RUNSC_CUDA_LOCK_WAIT_S": "5",
 }
+TIMEOUTS = {
+    "RUNSC_CUDA_RUNSC_CALL_TIMEOUT_S": "60",
+    "RUNSC_CUDA_CUDA_CALL_TIMEOUT_S": "60",
+    "RUNSC_CUDA_LOCK_TIMEOUT_MS": str(LOCK_MS),
+    "RUNSC_CUDA_CHECKPOINT_TIMEOUT_S": "120",
+    "RUNSC_CUDA_LOCK_WAIT_S": "60",
+}
+HANGS = {"hang", "late"}
 
 
 @dataclass(frozen=True)
@@ -119,10 +129,10 @@ class Call:
 def hang_seconds(call: Call) -> float:
     """Just past the call's timeout: it is abandoned or killed, and finishes soon after."""
     if call.layer == "cuda" or call.verb == "exec":
-        return (LOCK_MS / 1000 if " lock " in f" {call.match} " or call.verb == "lock" else 0) + CUDA_TIMEOUT + 0.5
+        return (LOCK_MS / 1000 if " lock " in f" {call.match} " or call.verb == "lock" else 0) + CUDA_TIMEOUT + 1.0
     if call.verb in ("checkpoint", "restore"):
-        return SAVE_TIMEOUT + 0.5
-    return RUNSC_TIMEOUT + 0.5
+        return SAVE_TIMEOUT + 1.0
+    return RUNSC_TIMEOUT + 1.0
 
 
 # runsc calls whose output runsc-cuda never reads: for them exit 0 is the whole answer, and garbage
@@ -149,7 +159,7 @@ def cuda_faults(call: Call) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {
         "fail": {"fault": "fail", "code": 2},
         "hang": {"fault": "hang", "seconds": hang_seconds(call)},
-        "late": {"fault": "hang", "seconds": hang_seconds(call) - 0.2, "then": "complete"},
+        "late": {"fault": "hang", "seconds": hang_seconds(call) - 0.5, "then": "complete"},
         "garbage": {"fault": "garbage"},
         "empty": {"fault": "empty"},
         "sigterm": {"fault": "signal", "signal": "TERM", "when": "after"},
@@ -358,6 +368,7 @@ def plan(scenario: Scenario, calls: list[Call]) -> list[tuple[Call, str, dict[st
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_fault_matrix(shim: Shim, scenario: Scenario) -> None:
+    entry_point(shim)
     if scale() < scenario.runs_at:
         pytest.skip(f"runs from {SCALE_ENV}={scenario.runs_at}")
     matrix = Matrix(shim, scenario)
@@ -371,7 +382,10 @@ def test_fault_matrix(shim: Shim, scenario: Scenario) -> None:
         nonlocal failed_cleanly
         index, (call, name, fault) = item
         case, bundle, image = matrix.fresh(f"{index}")
-        out = matrix.operate(case, bundle, image, fault_env(call, fault))
+        env = fault_env(call, fault)
+        if name in HANGS:
+            env.update(HANG_TIMEOUTS)
+        out = matrix.operate(case, bundle, image, env)
         problems = matrix.check(case, bundle, image, out)
         if must_fail(scenario, call, name) and out.returncode == 0 and not retried(case, call, name):
             problems.append("the fault did not fail the call")

@@ -25,7 +25,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_support import Tally, scale
+from reliability_support import Tally, entry_point, scale
 
 from runsc_cuda import cuda, engine, host, logs, sandbox, schema, sidecar, spec, verbs
 from runsc_cuda.argv import GLOBAL_BOOL_FLAGS, ArgvError, Flag, VerbFlags, parse, parse_verb_args
@@ -272,6 +272,7 @@ def test_fuzz_any_json_value_as_config_json(tmp_path: Path) -> None:
 
 def test_fuzz_config_json_end_to_end_through_create(shim: Shim) -> None:
     """A few of them through ``runsc-cuda create``: one line on failure, never a traceback or a partial file."""
+    entry_point(shim)
     counter = iter(range(10**6))
     base = fixture_spec("gpu-devices")
 

@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from reliability_support import Tally, held_locks, in_parallel, lock_files, scale
+from reliability_support import Tally, entry_point, held_locks, in_parallel, lock_files, scale
 
 from runsc_cuda import logs
 
@@ -40,6 +40,7 @@ def pids_of(index: int) -> tuple[int, int]:
 
 
 def test_many_containers_at_once(shim: Shim) -> None:
+    entry_point(shim)
     count = 50 * scale()
     detail = shim.tmp / "detail.log"
     shim.env.update(RUNSC_CUDA_ENGINE="exec", RUNSC_CUDA_LOG_FILE=str(detail), RUNSC_CUDA_LOCK_WAIT_S="120")
