@@ -72,7 +72,8 @@ DOCS: dict[str, str] = {
     "lock_wait_s": "How long a checkpoint/restore waits for another one of the same container.",
     "proc_driver_nvidia": "Where the NVIDIA driver's /proc files are read (driver version, GPU models).",
     "trust_cuda_checkpoint": (
-        "Mount a host cuda-checkpoint even if it is not a root-owned regular file that only root can write (for tests)."
+        "Mount a host cuda-checkpoint even if it is not a root-owned regular file that only root can write, "
+        "in folders only root can change (for tests)."
     ),
     "max_output_bytes": "Most bytes read from any one runsc or cuda-checkpoint call's output.",
     "max_parallel_cuda_calls": "Exec engine: how many cuda-checkpoint calls run at once (1 = one by one).",
