@@ -6,10 +6,11 @@ bundle is patched here too: runsc compares the mounts with the checkpointed spec
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 
-from runsc_cuda import cuda, host, sidecar
+from runsc_cuda import bgwatch, cuda, host, sidecar, spec, tuning
 from runsc_cuda.create import Prepared, prepare
 from runsc_cuda.errors import ShimError
 from runsc_cuda.freeze import Freezer, StepError, Timeouts
@@ -24,7 +25,7 @@ def handle(session: Session) -> int:
     prepared = prepare(session, "restore")
     image = prepared.args.value("image-path")
     record = sidecar.read(image) if image else None
-    if record is not None:
+    if record is not None and record.engine != "none":
         here = host.read_gpu_info(session.config.proc_driver_nvidia)
         problem = sidecar.mismatch(record.gpu_info, here)
         if problem is not None:
@@ -35,22 +36,39 @@ def handle(session: Session) -> int:
         and any(p.state_saved != cuda.RUNNING for p in record.cuda_processes)
         and prepared.container_id is not None
     )
+    prepared, tune = tuned(session, prepared, image)
+    watch = tune is not None and tune.background
     if not needs_thaw or record is None:
         # No image sidecar: restore as plain runsc would. Native engine: runsc thaws by itself.
+        if watch and prepared.container_id:
+            argv = [session.runsc, *prepared.cmd.tokens()[1:]]
+            detach = prepared.args.is_set("detach")
+            return bgwatch.restore_and_watch(session, argv, prepared.container_id, image, detach)
         exec_runsc(session.runsc, prepared.cmd.tokens()[1:], session.environ)
         return 0
     cfg = session.config
     cid = prepared.container_id or ""
     root = session.cmd.global_value("root") or "/var/run/runsc"
     with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
-        return ExecRestore(session, prepared, record).run()
+        return ExecRestore(session, prepared, record, watch).run()
+
+
+def tuned(session: Session, prepared: Prepared, image: str | None) -> tuple[Prepared, tuning.Plan | None]:
+    """The restore call with the image flags that fit this image and the container's settings."""
+    doc = spec.read(prepared.bundle).doc
+    tune = tuning.for_restore(session, prepared.container_id or "", image, prepared.args, doc, prepared.gpu.wanted)
+    if tune is None or not tune.add:
+        return prepared, tune
+    args = tune.apply(prepared.args)
+    return dataclasses.replace(prepared, args=args, cmd=prepared.cmd.with_rest(args.tokens())), tune
 
 
 class ExecRestore:
     """Restore an image the exec engine made: runsc restores, runsc-cuda thaws."""
 
-    def __init__(self, session: Session, prepared: Prepared, record: sidecar.Sidecar) -> None:
+    def __init__(self, session: Session, prepared: Prepared, record: sidecar.Sidecar, watch: bool = False) -> None:
         self.session = session
+        self.watch = watch  # a background page load to watch once the container runs
         self.prepared = prepared
         self.record = record
         self.cid = prepared.container_id or ""
@@ -83,6 +101,7 @@ class ExecRestore:
         if code != 0:
             return code if code > 0 else 128 - code  # runsc's own error is in the log already
         self._thaw()
+        self._start_watch()
         return 0
 
     def _foreground(self, argv: list[str]) -> int:
@@ -91,11 +110,16 @@ class ExecRestore:
             if self._wait_running(child):
                 try:
                     self._thaw()
+                    self._start_watch()
                 except ShimError as e:
                     self.session.report.error(e.message)
                     child.send_signal(15)
             code = child.wait()
         return code if code >= 0 else 128 - code
+
+    def _start_watch(self) -> None:
+        if self.watch:
+            bgwatch.start(self.session, self.cid, self.prepared.args.value("image-path"))
 
     def _wait_running(self, child: subprocess.Popen[bytes]) -> bool:
         deadline = time.monotonic() + self.session.config.checkpoint_timeout_s

@@ -17,6 +17,8 @@ from runsc_cuda.errors import ShimError
 from runsc_cuda.host import GpuInfo
 
 NAME = "runsc-cuda.json"
+# "none": a container without GPUs whose checkpoint runsc-cuda tuned (only the options are recorded).
+ENGINES = ("native", "exec", "none")
 FORMAT = 1
 MAX_BYTES = 1 << 20
 
@@ -39,6 +41,8 @@ class Sidecar:
     leave_running: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    # The image options runsc-cuda chose (tuning.Plan.record) and what the image holds.
+    tuning: dict[str, Any] = field(default_factory=dict)
     runsc_cuda_version: str = __version__
     created: str = ""
     format: int = FORMAT
@@ -107,7 +111,7 @@ def parse(text: str, path: str) -> Sidecar:
     if not all(isinstance(g, str) for g in gpus):
         raise ShimError(f"{path}: gpus: unexpected value")
     engine = _expect(doc, "engine", str, path)
-    if engine not in ("native", "exec"):
+    if engine not in ENGINES:
         raise ShimError(f"{path}: engine: unexpected value {engine!r}")
     return Sidecar(
         engine=engine,
@@ -119,6 +123,7 @@ def parse(text: str, path: str) -> Sidecar:
         leave_running=bool(doc.get("leave_running", False)),
         timings={k: float(v) for k, v in (doc.get("timings") or {}).items() if isinstance(v, (int, float))},
         options=dict(doc.get("options") or {}),
+        tuning=dict(doc.get("tuning") or {}) if isinstance(doc.get("tuning"), dict) else {},
         runsc_cuda_version=str(doc.get("runsc_cuda_version", "")),
         created=str(doc.get("created", "")),
         format=fmt,
