@@ -215,6 +215,7 @@ class Bench:
 
     def cycle(self, which: OptionSet, gib: float, pattern: str, cache: str, rep: int) -> dict[str, Any]:
         self.cycle_no += 1
+        load = float(Path("/proc/loadavg").read_text().split()[0])
         cid = f"mh{self.cycle_no}"
         box = self.work / cid
         work = box / "work"
@@ -268,6 +269,7 @@ class Bench:
             "ckpt_mb_s": mb / ckpt_s,
             "restore_mb_s": mb / all_back,
             "watcher": watched,
+            "load": load,
         }
         say(
             f"  {which.name:>10} {pattern:>6} {gib:g} GiB {row['cache']}: ckpt {ckpt_s:6.2f}s image "
@@ -312,7 +314,11 @@ class Bench:
         elapsed = time.monotonic() - started
         table = self.table(sets)
         print(table)
-        print(f"\n{len(self.results)} cycles in {elapsed / 60:.1f} min; medians of {self.args.reps} repetitions")
+        load = statistics.median(r["load"] for r in self.results) if self.results else 0.0
+        print(
+            f"\n{len(self.results)} cycles in {elapsed / 60:.1f} min; medians of {self.args.reps} repetitions; "
+            f"median 1-minute load average {load:.1f} on {os.cpu_count()} CPUs"
+        )
         if self.args.out:
             doc = {
                 "args": vars(self.args),

@@ -429,12 +429,21 @@ def _announce(session: Session, cid: str, plan: Plan) -> None:
         session.report.info(f"{plan.verb} of {cid}: {note}", container=cid)
 
 
+def _annotated(cfg: Config, doc: Mapping[str, Any], what: str) -> dict[Knob, Setting]:
+    if cfg.tuning == "off":
+        return {}
+    try:
+        return read_annotations(annotations_of(doc))
+    except ShimError as e:
+        raise ShimError(f"{what}: {e}", e.exit_code) from None
+
+
 def for_checkpoint(
     session: Session, cid: str, image: str, args: VerbArgs, doc: Mapping[str, Any], gpu: bool
 ) -> Plan | None:
     """The checkpoint's tuning (None: runsc-cuda adds nothing and may pass the call through)."""
     cfg = session.config
-    annotated = read_annotations(annotations_of(doc)) if cfg.tuning != "off" else {}
+    annotated = _annotated(cfg, doc, f"cannot checkpoint {cid} (nothing was frozen)")
     if not applies(cfg, annotated, gpu):
         return None
     want = wanted("checkpoint", cfg, annotated, args, gpu)
@@ -454,7 +463,7 @@ def for_restore(
 ) -> Plan | None:
     """The restore's tuning, fitted to the image (None: runsc-cuda adds nothing)."""
     cfg = session.config
-    annotated = read_annotations(annotations_of(doc)) if cfg.tuning != "off" else {}
+    annotated = _annotated(cfg, doc, f"cannot restore {cid}")
     if not applies(cfg, annotated, gpu):
         return None
     want = wanted("restore", cfg, annotated, args, gpu)

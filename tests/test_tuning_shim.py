@@ -186,6 +186,8 @@ def test_impossible_settings_are_refused_before_anything_is_frozen(
     out = checkpoint(shim, bundle, "c1", shim.tmp / "image")
     assert out.returncode != 0
     assert needle in shim.last_error(bundle)
+    assert shim.last_error(bundle).startswith("runsc-cuda: cannot checkpoint c1")
+    assert "nothing was frozen" in shim.last_error(bundle)
     assert shim.calls_of("checkpoint", before) == [] and shim.calls_of("exec", before) == []
     assert shim.cuda_states("c1") == {10: "running", 11: "running"}
     assert shim.status("c1") == "paused", "the container was left as Docker paused it"
@@ -362,3 +364,17 @@ def test_a_restore_that_fails_is_not_watched(shim: Shim) -> None:
     time.sleep(1)
     assert shim.calls_of("wait") == []
     assert not any("background restore of" in e["msg"] for e in shim.log_entries(bundle))
+
+
+def test_a_misspelt_annotation_fails_the_restore_before_runsc(shim: Shim) -> None:
+    bundle = gpu(shim, "c1")
+    image = shim.tmp / "image"
+    assert checkpoint(shim, bundle, "c1", image).returncode == 0
+    doc = json.loads((bundle / "config.json").read_text())
+    doc["annotations"]["dev.runsc-cuda.restore.backgroud"] = "true"
+    (bundle / "config.json").write_text(json.dumps(doc))
+    before = len(shim.calls())
+    out = restore(shim, bundle, "c1", image)
+    assert out.returncode != 0
+    assert 'cannot restore c1: annotation "dev.runsc-cuda.restore.backgroud": unknown' in shim.last_error(bundle)
+    assert shim.calls_of("restore", before) == []
