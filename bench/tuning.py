@@ -24,7 +24,7 @@ page cache (``--cache cold``), then restore into a new container and time:
                   (every page is back; it also checks their sum)
 
     python3 bench/tuning.py [--runsc PATH] [--gib 0.5] [--patterns random,zero]
-                            [--sets runsc,defaults,...] [--reps 3] [--cache cold|warm|cold,warm]
+                            [--sets runsc,defaults,...] [--reps 3] [--cache cold,warm,copied]
                             [--out results.json]
 
 Needs root (runsc), gcc, and a runsc (default: scripts/build-runsc.sh's, built on first use).
@@ -62,7 +62,8 @@ KEYS = (
 class OptionSet:
     name: str
     about: str
-    keys: dict[str, str] | None  # None: runsc itself, default flags
+    keys: dict[str, str] | None  # None: runsc itself
+    flags: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # runsc itself: (checkpoint, restore) flags
 
     def env(self) -> dict[str, str]:
         assert self.keys is not None
@@ -80,11 +81,17 @@ SETS = {
     s.name: s
     for s in (
         OptionSet("runsc", "runsc called directly, its default flags", None),
+        OptionSet(
+            "runsc+flags",
+            "runsc called directly with the flags runsc-cuda's defaults add (runsc-cuda's own cost left out)",
+            None,
+            (("--compression=none", "--exclude-committed-zero-pages"), ("--background", "--direct")),
+        ),
         OptionSet("flate", "--compression=flate-best-speed", _keys(comp="flate-best-speed")),
         OptionSet("zero", "--compression=none --exclude-committed-zero-pages", _keys(zero=True)),
-        OptionSet("direct", "checkpoint and restore --direct", _keys(cdirect=True, rdirect=True)),
-        OptionSet("bg", "restore --background", _keys(bg=True)),
-        OptionSet("bg+direct", "restore --background --direct", _keys(bg=True, rdirect=True)),
+        OptionSet("direct", "--compression=none; checkpoint and restore --direct", _keys(cdirect=True, rdirect=True)),
+        OptionSet("bg", "--compression=none; restore --background", _keys(bg=True)),
+        OptionSet("bg+zero", "zero + restore --background", _keys(zero=True, bg=True)),
         OptionSet(
             "defaults",
             "runsc-cuda's defaults: --compression=none --exclude-committed-zero-pages; restore --background --direct",
@@ -200,7 +207,9 @@ class Bench:
     def call(self, which: OptionSet, log: Path, *args: str, timeout: float = 900) -> float:
         """One checkpoint/restore call, as runsc or as runsc-cuda; its wall time."""
         if which.keys is None:
-            argv = [self.runsc, *self.globals(log), *args]
+            verb, rest = args[0], args[1:]
+            extra = which.flags[0] if verb == "checkpoint" else which.flags[1]
+            argv = [self.runsc, *self.globals(log), verb, *extra, *rest]
             env = dict(os.environ)
         else:
             argv = [sys.executable, "-m", "runsc_cuda", *self.globals(log), *args]
@@ -236,6 +245,10 @@ class Bench:
             size = image_bytes(image)
             self.runsc_quiet("delete", "--force", cid)
             (work / "trigger").write_text("1\n")
+            if cache == "copied":  # as containerd unpacks a checkpoint right before restore: dirty page cache
+                shutil.copytree(image, box / "copied")
+                shutil.rmtree(image)
+                image = box / "copied"
             cold = cache == "cold" and drop_caches()
             start = time.monotonic()
             restore_s = self.call(
@@ -258,7 +271,7 @@ class Bench:
             "set": which.name,
             "gib": gib,
             "pattern": pattern,
-            "cache": "cold" if cold else "warm",
+            "cache": "cold" if cold else ("copied" if cache == "copied" else "warm"),
             "rep": rep,
             "ckpt_s": ckpt_s,
             "image_mib": size / (1 << 20),
@@ -371,7 +384,12 @@ def main() -> int:
     parser.add_argument("--patterns", default="random,zero", help="random,zero (default both)")
     parser.add_argument("--sets", default=",".join(SETS), help=f"option sets (default all: {','.join(SETS)})")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every cycle (default 3)")
-    parser.add_argument("--cache", default="cold", help="cold (drop the page cache before restore), warm, or both")
+    parser.add_argument(
+        "--cache",
+        default="cold",
+        help="cold (drop the page cache before restore), warm (the image as checkpoint left it), copied (copied "
+        "to a new folder just before restore, as containerd unpacks one), comma-separated (default cold)",
+    )
     parser.add_argument("--no-stats", dest="stats", action="store_false", help="skip `runsc events --stats`")
     parser.add_argument("--work", default="/var/tmp", help="where images are written (default /var/tmp)")
     parser.add_argument("--out", help="write every measurement and the table to this JSON file")

@@ -100,8 +100,10 @@ class ExecRestore:
         code = self.freezer.timed("restore-sandbox", [], lambda: self._run_runsc(argv))
         if code != 0:
             return code if code > 0 else 128 - code  # runsc's own error is in the log already
-        self._thaw()
-        self._start_watch()
+        try:
+            self._thaw()
+        finally:
+            self._start_watch()  # a thaw that failed because the background load did: the watcher says so
         return 0
 
     def _foreground(self, argv: list[str]) -> int:
@@ -109,8 +111,10 @@ class ExecRestore:
         with forwarded_to(child):
             if self._wait_running(child):
                 try:
-                    self._thaw()
-                    self._start_watch()
+                    try:
+                        self._thaw()
+                    finally:
+                        self._start_watch()
                 except ShimError as e:
                     self.session.report.error(e.message)
                     child.send_signal(15)
