@@ -41,10 +41,13 @@ deb: dist
 
 test-binary: test
 
-# Benchmarks (never timed tests): the pass-through cost, exec-engine freeze/thaw scaling.
+# Benchmarks (never timed tests): the pass-through cost, exec-engine freeze/thaw scaling, and
+# checkpoint/restore image options against the real runsc (small scale; the full table:
+# $(PY) bench/tuning.py --gib 1,2,4; see docs/tuning.md).
 bench: venv
 	$(PY) bench/passthrough.py
 	$(PY) bench/freeze.py
+	$(PY) bench/tuning.py
 
 # create -> start -> checkpoint -> restore -> delete of a GPU container over the fake runsc.
 demo: venv

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runsc_cuda import cuda, engine, host, sidecar, spec
+from runsc_cuda import cuda, engine, host, sidecar, spec, tuning
 from runsc_cuda.argv import Flag, VerbArgs
 from runsc_cuda.create import container_id, translated_args
 from runsc_cuda.errors import ShimError
@@ -27,6 +27,7 @@ class Target:
     args: VerbArgs
     state: ContainerState
     image: str
+    tune: tuning.Plan | None = None
 
 
 def replay(result: Result) -> None:
@@ -75,7 +76,7 @@ def handle(session: Session) -> int:
         return checkpoint(session, args, cid, image)
     except ShimError as e:
         prefix = f"checkpoint of {cid} failed"
-        if e.message.startswith(prefix):
+        if e.message.startswith((prefix, f"cannot checkpoint {cid}")):
             raise
         raise ShimError(f"{prefix}: {e.message}", e.exit_code) from None
 
@@ -86,16 +87,22 @@ def checkpoint(session: Session, args: VerbArgs, cid: str, image: str) -> int:
     state = sandbox.state()
     bundle = spec.read(state.bundle)
     gpu = spec.gpu_request(bundle.doc)
-    if not gpu.wanted:
-        session.report.debug("not a GPU container: checkpoint passed through", container=cid)
-        return pass_through(session, args)
     cfg = session.config
-    with container_lock(cfg.state_dir, session.cmd.global_value("root") or "/var/run/runsc", cid, cfg.lock_wait_s):
+    root = session.cmd.global_value("root") or "/var/run/runsc"
+    if not gpu.wanted:
+        tune = tuning.for_checkpoint(session, cid, image, args, bundle.doc, gpu=False)
+        if tune is None:
+            session.report.debug("not a GPU container: checkpoint passed through", container=cid)
+            return pass_through(session, args)
+        with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
+            return plain(session, Target(cid, tune.apply(args), sandbox.state(), image, tune))
+    with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
         state = sandbox.state()
-        target = Target(cid, args, state, image)
         flags = engine.runsc_flags(session, "checkpoint")
         chosen = engine.choose(cfg.engine, engine.NATIVE_FLAG in flags)
         require_mount(cid, state)
+        tune = tuning.for_checkpoint(session, cid, image, args, bundle.doc, gpu=True)
+        target = Target(cid, tune.apply(args) if tune else args, state, image, tune)
         session.report.info(f"checkpoint of GPU container {cid}: engine {chosen}", container=cid, engine=chosen)
         if chosen == "native":
             return native(session, sandbox, target)
@@ -110,7 +117,8 @@ def record(
     timings: dict[str, float],
 ) -> sidecar.Sidecar:
     """The image's sidecar (written by ``commit``: the last step of a checkpoint)."""
-    info = host.read_gpu_info(session.config.proc_driver_nvidia)
+    gpu = engine_name != "none"
+    info = host.read_gpu_info(session.config.proc_driver_nvidia) if gpu else host.GpuInfo()
     return sidecar.Sidecar(
         engine=engine_name,
         container=target.cid,
@@ -125,6 +133,7 @@ def record(
             for f in target.args.flags
             if f.name not in ("image-path", "work-path")
         },
+        tuning=tuning.sidecar_record(target.tune, target.image),
         created=sidecar.now_rfc3339(),
     )
 
@@ -229,6 +238,17 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
         parts.append(f"runsc left CUDA processes {frozen} frozen: runsc-cuda thawed them")
     parts += notes
     return "".join(f"; {p}" for p in parts)
+
+
+def plain(session: Session, target: Target) -> int:
+    """A container without GPUs whose checkpoint runsc-cuda tunes: runsc saves it with the added flags."""
+    start = session.clock()
+    result = runsc_verb(session, "checkpoint", target.args)
+    if not result.ok:
+        reason = result.error_text() or result.describe()
+        raise ShimError(f"checkpoint of {target.cid} failed: runsc checkpoint: {reason}", 1)
+    commit(session, target, record(session, target, "none", (), {"save": session.clock() - start}))
+    return 0
 
 
 class ExecCheckpoint:

@@ -14,6 +14,7 @@ from runsc_cuda.errors import ShimError
 from runsc_cuda.runtime import ENV_CONFIG, config_path
 
 ENGINES = ("auto", "native", "exec")
+TUNING_SCOPES = ("gpu", "all", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 POSITIVE = (
     "lock_timeout_ms",
@@ -47,6 +48,12 @@ class Config:
     trust_cuda_checkpoint: bool = False
     max_output_bytes: int = 1 << 20
     max_parallel_cuda_calls: int = 64
+    tuning: str = "gpu"
+    checkpoint_compression: str | None = "none"
+    checkpoint_exclude_committed_zero_pages: bool = True
+    checkpoint_direct: bool = False
+    restore_background: bool = True
+    restore_direct: bool = True
 
     def get(self, key: str) -> Any:
         return getattr(self, key)
@@ -77,6 +84,33 @@ DOCS: dict[str, str] = {
     ),
     "max_output_bytes": "Most bytes read from any one runsc or cuda-checkpoint call's output.",
     "max_parallel_cuda_calls": "Exec engine: how many cuda-checkpoint calls run at once (1 = one by one).",
+    "tuning": (
+        "Which containers get the checkpoint_* and restore_* settings below: gpu (GPU containers), all (every "
+        "container), off (none, and dev.runsc-cuda.checkpoint.*/restore.* annotations are ignored too). A "
+        "container's own annotations apply to it whatever its kind. See docs/tuning.md."
+    ),
+    "checkpoint_compression": (
+        "runsc checkpoint --compression: none (the image keeps its memory in pages.img, which restore_background "
+        'needs) or flate-best-speed (smaller for compressible memory, slower to save and restore). "" = runsc\'s '
+        "own default."
+    ),
+    "checkpoint_exclude_committed_zero_pages": (
+        "runsc checkpoint --exclude-committed-zero-pages: leave zero-filled memory out of the image (it comes "
+        "back as zero pages on touch)."
+    ),
+    "checkpoint_direct": (
+        "runsc checkpoint --direct: write pages.img with O_DIRECT (not through the page cache); dropped where "
+        "the image folder's filesystem has no O_DIRECT."
+    ),
+    "restore_background": (
+        "runsc restore --background: the container runs as soon as its kernel state is loaded and its memory "
+        "streams in behind it (uncompressed images only). runsc-cuda watches the load and writes a failure "
+        "to the runtime log."
+    ),
+    "restore_direct": (
+        "runsc restore --direct: read pages.img with O_DIRECT; dropped for images without pages.img or on "
+        "filesystems without O_DIRECT."
+    ),
 }
 
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -125,6 +159,11 @@ def _label(key: str, where: str, from_env: bool) -> str:
 def _check(cfg: Config, label: Callable[[str], str]) -> Config:
     if cfg.engine not in ENGINES:
         raise ShimError(f"{label('engine')}: expected one of {', '.join(ENGINES)}, got {cfg.engine!r}")
+    if cfg.tuning not in TUNING_SCOPES:
+        raise ShimError(f"{label('tuning')}: expected one of {', '.join(TUNING_SCOPES)}, got {cfg.tuning!r}")
+    compression = cfg.checkpoint_compression
+    if compression is not None and not (compression.replace("-", "").isalnum() and compression.isascii()):
+        raise ShimError(f"{label('checkpoint_compression')}: not a compression name: {compression!r}")
     if cfg.log_level.lower() not in LOG_LEVELS:
         raise ShimError(f"{label('log_level')}: expected one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
     for key in POSITIVE:

@@ -6,12 +6,13 @@ bundle is patched here too: runsc compares the mounts with the checkpointed spec
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from runsc_cuda import cuda, host, sidecar
+from runsc_cuda import bgwatch, cuda, host, sidecar, spec, tuning
 from runsc_cuda.create import Prepared, container_id, prepare, translated_args
 from runsc_cuda.errors import ShimError
 from runsc_cuda.freeze import Freezer, StepError, Timeouts
@@ -25,20 +26,29 @@ def handle(session: Session) -> int:
     args = translated_args(session, "restore")
     image = args.value("image-path")
     record = sidecar.read(image) if image else None
-    if record is not None:
+    if record is not None and record.engine != "none":
         here = host.read_gpu_info(session.config.proc_driver_nvidia)
         problem = sidecar.mismatch(record.gpu_info, here)
         if problem is not None:
             raise ShimError(f"cannot restore {container_id(args)} from {image}: {problem}")
-    prepared = prepare(session, "restore", args)  # only now: a refused restore changes nothing
+    # Read before the bundle is patched: a refused setting changes nothing.
+    bundle = spec.read(spec.bundle_dir(args.value("bundle"), session.cwd))
+    gpu = spec.gpu_request(bundle.doc).wanted
+    tune = tuning.for_restore(session, container_id(args) or "", image, args, bundle.doc, gpu)
+    prepared = tuned(prepare(session, "restore", args), tune)  # only now: a refused restore changes nothing
     needs_thaw = (
         record is not None
         and record.engine == "exec"
         and any(p.state_saved != cuda.RUNNING for p in record.cuda_processes)
         and prepared.container_id is not None
     )
+    watch = tune is not None and tune.background
     if not needs_thaw or record is None:
         # No image sidecar: restore as plain runsc would. Native engine: runsc thaws by itself.
+        if watch and prepared.container_id:
+            argv = [session.runsc, *prepared.cmd.tokens()[1:]]
+            detach = prepared.args.is_set("detach")
+            return bgwatch.restore_and_watch(session, argv, prepared.container_id, image, detach)
         session.become_runsc(prepared.cmd.tokens()[1:])
         return 0
     cfg = session.config
@@ -47,7 +57,15 @@ def handle(session: Session) -> int:
     with ExitStack() as held:
         held.enter_context(container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s))
         # A foreground restore lasts as long as its container: the lock goes once the thaw is done.
-        return ExecRestore(session, prepared, record, release=held.close).run()
+        return ExecRestore(session, prepared, record, watch, release=held.close).run()
+
+
+def tuned(prepared: Prepared, tune: tuning.Plan | None) -> Prepared:
+    """The restore call with the image flags that fit this image and the container's settings."""
+    if tune is None or not tune.add:
+        return prepared
+    args = tune.apply(prepared.args)
+    return dataclasses.replace(prepared, args=args, cmd=prepared.cmd.with_rest(args.tokens()))
 
 
 class ExecRestore:
@@ -58,9 +76,11 @@ class ExecRestore:
         session: Session,
         prepared: Prepared,
         record: sidecar.Sidecar,
+        watch: bool = False,
         release: Callable[[], None] = lambda: None,
     ) -> None:
         self.session = session
+        self.watch = watch  # a background page load to watch once the container runs
         self.release = release
         self.prepared = prepared
         self.record = record
@@ -98,7 +118,10 @@ class ExecRestore:
             raise ShimError(f"restore of {self.cid} failed: runsc restore was killed by signal {-code}", 128 - code)
         if code != 0:
             return code  # runsc's own error is in the log already
-        self._thaw()  # even after a stop request: never leave a restored CUDA process frozen
+        try:
+            self._thaw()  # even after a stop request: never leave a restored CUDA process frozen
+        finally:
+            self._start_watch()  # a thaw that failed because the background load did: the watcher says so
         why = self.session.interrupted()
         if why is not None:
             raise ShimError(f"restore of {self.cid}: {why}; the container was restored and its CUDA processes thawed")
@@ -109,13 +132,20 @@ class ExecRestore:
         with forwarded_to(child):
             if self._wait_running(child):
                 try:
-                    self._thaw()
+                    try:
+                        self._thaw()
+                    finally:
+                        self._start_watch()
                 except ShimError as e:
                     self.session.report.error(e.message)
                     child.send_signal(15)
             self.release()
             code = child.wait()
         return code if code >= 0 else 128 - code
+
+    def _start_watch(self) -> None:
+        if self.watch:
+            bgwatch.start(self.session, self.cid, self.prepared.args.value("image-path"))
 
     def _wait_running(self, child: subprocess.Popen[bytes]) -> bool:
         deadline = time.monotonic() + self.session.config.checkpoint_timeout_s

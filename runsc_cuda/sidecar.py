@@ -19,6 +19,8 @@ from runsc_cuda.host import GpuInfo
 from runsc_cuda.sandbox import MAX_PIDS, PID_MAX
 
 NAME = "runsc-cuda.json"
+# "none": a container without GPUs whose checkpoint runsc-cuda tuned (only the options are recorded).
+ENGINES = ("native", "exec", "none")
 FORMAT = 1
 MAX_BYTES = 1 << 20
 
@@ -41,6 +43,8 @@ class Sidecar:
     leave_running: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    # The image options runsc-cuda chose (tuning.Plan.record) and what the image holds.
+    tuning: dict[str, Any] = field(default_factory=dict)
     runsc_cuda_version: str = __version__
     created: str = ""
     format: int = FORMAT
@@ -127,7 +131,7 @@ def parse(text: str, path: str) -> Sidecar:
     if not all(isinstance(g, str) for g in gpus):
         raise ShimError(f"{path}: gpus: unexpected value")
     engine = _expect(doc, "engine", str, path)
-    if engine not in ("native", "exec"):
+    if engine not in ENGINES:
         raise ShimError(f"{path}: engine: unexpected value {engine!r}")
     return Sidecar(
         engine=engine,
@@ -139,6 +143,7 @@ def parse(text: str, path: str) -> Sidecar:
         leave_running=bool(doc.get("leave_running", False)),
         timings={k: float(v) for k, v in _mapping(doc, "timings").items() if isinstance(v, (int, float))},
         options=_mapping(doc, "options"),
+        tuning=_mapping(doc, "tuning"),
         runsc_cuda_version=str(doc.get("runsc_cuda_version", "")),
         created=str(doc.get("created", "")),
         format=fmt,

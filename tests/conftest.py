@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fakes
+from fakes.fake_runsc import GLOBAL_BOOLS, GLOBAL_VALUES, GoFlags
 
 REPO = Path(__file__).resolve().parent.parent
 # config.json files Docker 20.10 + containerd 1.6 wrote for real containers (copied from shared/fixtures).
@@ -115,6 +116,28 @@ class Shim:
 
     def runsc_argvs(self) -> list[list[str]]:
         return [c["argv"] for c in self.calls()]
+
+    @staticmethod
+    def verb_of(argv: list[str]) -> str:
+        """The runsc verb of a recorded call (after its global flags); "" for --version."""
+        _, rest = GoFlags(GLOBAL_BOOLS, GLOBAL_VALUES).parse(argv)
+        return rest[0] if rest else ""
+
+    def calls_of(self, verb: str, since: int = 0) -> list[list[str]]:
+        """The recorded runsc calls of one verb (``help restore`` is a help call, not a restore)."""
+        return [a for a in self.runsc_argvs()[since:] if self.verb_of(a) == verb]
+
+    def wait_background(self, bundle: Path, timeout: float = 30) -> str:
+        """The runtime-log line of the background-restore watcher, once it has written it."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in self.log_entries(bundle):
+                if "background restore of" in entry.get("msg", ""):
+                    return str(entry["msg"])
+            time.sleep(0.05)
+        raise AssertionError(f"no background-restore line in {bundle / 'log.json'} after {timeout}s")
 
     def gpu_container(
         self,

@@ -56,7 +56,20 @@ def verbs(shim: Shim, since: int) -> list[str]:
             i
             for i, t in enumerate(argv)
             if t
-            in {"create", "start", "state", "ps", "pause", "resume", "exec", "checkpoint", "restore", "delete", "help"}
+            in {
+                "create",
+                "start",
+                "state",
+                "ps",
+                "pause",
+                "resume",
+                "exec",
+                "checkpoint",
+                "restore",
+                "delete",
+                "help",
+                "wait",
+            }
             or t == "--version"
         )
         verb = argv[i]
@@ -113,7 +126,11 @@ def test_exec_engine_docker_sequence_freezes_saves_and_thaws(shim: Shim, leave_r
     assert shim.status("c1") == "stopped"
     before = len(shim.calls())
     restore(shim, bundle, "c1", image)
-    assert collapse(verbs(shim, before)) == ["delete", "restore", "exec restore", "exec unlock", "exec --get-state"]
+    assert "all memory loaded" in shim.wait_background(bundle)
+    # restore --background (the default for GPU containers), thaw, then the watcher: wait --restore.
+    expected = ["delete", "help", "restore", "exec restore", "exec unlock", "exec --get-state", "wait"]
+    assert collapse(verbs(shim, before)) == expected
+    assert "--background" in shim.calls_of("restore", before)[0]
     assert shim.status("c1") == "running"
     assert shim.cuda_states("c1") == {10: "running", 11: "running"}
 

@@ -19,6 +19,7 @@ import json
 import os
 import string
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -377,8 +378,14 @@ def test_fuzz_runsc_state_output() -> None:
 class StubSession:
     """Enough of a Session for the functions that read runsc's help and version output."""
 
+    made = 0
+
     def __init__(self, out: bytes, err: bytes, code: int) -> None:
         self.result = Result(("runsc",), code, out, err, 0.0)
+        # A runsc path of its own each time: help answers are kept per runsc binary.
+        StubSession.made += 1
+        self.runsc = f"/nonexistent/fuzz-runsc-{StubSession.made}"
+        self.config = types.SimpleNamespace(state_dir="/nonexistent")
 
     def call_runsc(self, args: list[str], timeout: float | None = None) -> Result:
         return self.result

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_many_containers_at_once(shim: Shim) -> None:
             problems.append(f"the image's sidecar is not this container's: {str(sidecar)[:200]}")
         for entry in shim.log_entries(bundle):
             msg = str(entry.get("msg", ""))
-            foreign = [w for w in msg.replace(":", " ").split() if w.startswith("load") and w != cid]
+            foreign = [w for w in re.findall(r"\bload\d+\b", msg) if w != cid]
             if foreign:
                 problems.append(f"log.json of {cid} names {foreign}")
 

@@ -38,6 +38,18 @@ Test switches (environment):
            signal   send "signal" (default TERM) to the caller, "when" before (default) or
                     after the call is carried out
   FAKE_RUNSC_VERSION=<text>    what --version prints as the version
+  FAKE_RUNSC_DROP_FLAGS=<list> "restore:background,wait:restore": flags this runsc does not know
+  FAKE_RUNSC_COMPRESSION_DEFAULT=<name>  checkpoint's --compression default (older runsc: flate-best-speed)
+  FAKE_RUNSC_BACKGROUND_FAIL=<json>  a restore --background whose page loading fails after restore returns:
+                               {"message": "...", "seen_by_wait": true}; seen_by_wait false: the sandbox
+                               died before `wait --restore` connected (runsc says "connection refused")
+  FAKE_RUNSC_BACKGROUND_SECONDS=<s>  how long a background page load takes (`wait --restore` blocks)
+
+Images are faithful in shape: checkpoint.img always (here: JSON), plus
+pages_meta.img and pages.img when the image is uncompressed; ``--direct``
+opens pages.img with O_DIRECT as runsc does (EINVAL where the filesystem has
+none).  ``restore --background`` of a compressed image is accepted and has no
+effect, as in runsc (there is no pages file to load in the background).
 
 Every call is appended to ``<root>/calls.jsonl``: argv, stdin (for ``-`` reads),
 the open file descriptors, and the exit status.
@@ -216,13 +228,27 @@ VERBS: dict[str, tuple[set[str], set[str]]] = {
     "list": (_HELP | {"quiet", "sandbox"}, {"format"}),
     "update": (_HELP, {"resources", "memory", "cpu-quota", "cpu-period", "pids-limit"}),
     "events": (_HELP | {"stats"}, {"interval"}),
-    "wait": (_HELP, {"pid", "rootpid"}),
+    "wait": (_HELP | {"checkpoint", "restore", "fscheckpoint", "fsrestore"}, {"pid", "rootpid"}),
 }
 OLD_RUNSC_DROPS = {"cuda-checkpoint-path", "cuda-checkpoint-sequential"}
 COMPRESSIONS = {"none", "flate-best-speed"}
 PIDS_ANNOTATION = "test.fake-runsc/pids"
 CUDA_PIDS_ANNOTATION = "test.fake-runsc/cuda-pids"
 IMAGE_FILE = "checkpoint.img"
+PAGES_META_FILE = "pages_meta.img"
+PAGES_FILE = "pages.img"
+# runsc's own help lines for the flags runsc-cuda reads more than the name of.
+HELP_LINES: dict[tuple[str, str], tuple[str, str]] = {
+    ("checkpoint", "compression"): ("value", "compress checkpoint image on disk. Values: none|flate-best-speed."),
+    ("checkpoint", "direct"): ("", "use O_DIRECT for writing checkpoint pages file"),
+    ("checkpoint", "exclude-committed-zero-pages"): ("", "exclude committed zero-filled pages from checkpoint"),
+    ("restore", "background"): (
+        "",
+        "allow image loading to continue after restore exits (requires uncompressed checkpoint)",
+    ),
+    ("restore", "direct"): ("", "use O_DIRECT for reading checkpoint pages file"),
+    ("wait", "restore"): ("", "wait for the restore to complete"),
+}
 
 
 def is_fake_cuda_checkpoint(path: str) -> bool:
@@ -510,16 +536,29 @@ class Fake:
 
     def verb_flags(self, verb: str) -> tuple[set[str], set[str]]:
         bools, values = VERBS[verb]
+        drops = {
+            name
+            for item in self.env.get("FAKE_RUNSC_DROP_FLAGS", "").split(",")
+            if item.strip()
+            for v, _, name in [item.strip().partition(":")]
+            if v == verb
+        }
         if verb == "checkpoint" and self.env.get("FAKE_RUNSC_OLD"):
-            return bools - OLD_RUNSC_DROPS, values - OLD_RUNSC_DROPS
-        return bools, values
+            drops |= OLD_RUNSC_DROPS
+        return bools - drops, values - drops
+
+    def compression_default(self) -> str:
+        return self.env.get("FAKE_RUNSC_COMPRESSION_DEFAULT", "none")
 
     def usage(self, verb: str) -> str:
         bools, values = self.verb_flags(verb)
         lines = [f"{verb} [flags] <container id>"]
         for name in sorted(bools | values):
-            lines.append(f"  -{name}" + (" string" if name in values else ""))
-            lines.append("    \tfake flag")
+            kind, text = HELP_LINES.get((verb, name), ("string" if name in values else "", "fake flag"))
+            if (verb, name) == ("checkpoint", "compression"):
+                text += f" (default {self.compression_default()})"
+            lines.append(f"  -{name}" + (f" {kind}" if kind else ""))
+            lines.append(f"    \t{text}")
         return "\n".join(lines) + "\n"
 
     def help(self, args: list[str]) -> int:
@@ -701,7 +740,31 @@ class Fake:
         return 0
 
     def cmd_wait(self, flags: dict[str, str], positional: list[str]) -> int:
-        return self.wait_stopped(self.one_id(positional, "wait"))
+        cid = self.one_id(positional, "wait")
+        if truthy(flags, "restore"):
+            return self.wait_restore(cid)
+        return self.wait_stopped(cid)
+
+    def wait_restore(self, cid: str) -> int:
+        """``wait --restore``: until a (background) restore has loaded every page, or its error."""
+        state = self.load(cid)
+        background = state.get("background")
+        if not state.get("restored_from"):
+            raise Fatal(
+                "waiting for restore to complete: sandbox is not being restored, cannot wait for restore: "
+                f"state={'started' if state['status'] != 'created' else 'created'}"
+            )
+        if not background:
+            return 0
+        time.sleep(max(0.0, float(background.get("done_at", 0)) - time.time()))
+        failure = background.get("failure")
+        if failure is None:
+            return 0
+        if failure.get("seen_by_wait", True):
+            raise Fatal(f"waiting for restore to complete: async MemoryFile loading failed: {failure['message']}")
+        raise Fatal(
+            f"waiting for restore to complete: connecting to control server at PID {state['pid']}: connection refused"
+        )
 
     # --- exec -----------------------------------------------------------------
 
@@ -807,9 +870,13 @@ class Fake:
         image = flags.get("image-path", "")
         if not image:
             raise Fatal("image-path flag must be provided")
-        compression = flags.get("compression", "none")
+        compression = flags.get("compression", self.compression_default())
         if compression not in COMPRESSIONS:
-            raise Fatal(f'invalid value "{compression}" for flag -compression', 128)
+            raise Fatal(
+                f'failed to parse flags for "checkpoint": invalid value "{compression}" for flag -compression: '
+                f'invalid checkpoint compression type "{compression}"',
+                2,
+            )
         self.require(state, "checkpoint", "created", "running", "paused")
         os.makedirs(image, exist_ok=True)
         cuda_path = flags.get("cuda-checkpoint-path", "")
@@ -840,6 +907,7 @@ class Fake:
             "direct": truthy(flags, "direct"),
             "exclude_committed_zero_pages": truthy(flags, "exclude-committed-zero-pages"),
         }
+        self.write_pages_files(image, compression, truthy(flags, "direct"))
         with open(os.path.join(image, IMAGE_FILE), "w") as f:
             json.dump(snapshot, f)
         if truthy(flags, "leave-running"):
@@ -852,6 +920,30 @@ class Fake:
             self.save(state)
         return 0
 
+    def write_pages_files(self, image: str, compression: str, direct: bool) -> None:
+        """An uncompressed image keeps its pages apart (pages_meta.img, pages.img), as runsc does."""
+        if compression != "none":
+            return
+        with open(os.path.join(image, PAGES_META_FILE), "w") as f:
+            f.write("fake pages metadata\n")
+        path = os.path.join(image, PAGES_FILE)
+        mode = os.O_CREAT | os.O_EXCL | os.O_RDWR | (os.O_DIRECT if direct else 0)
+        try:
+            os.close(os.open(path, mode, 0o644))
+        except OSError as e:
+            raise Fatal(f'checkpoint failed: creating checkpoint pages file "{path}": {e.strerror.lower()}') from None
+
+    def open_pages_file(self, image: str, direct: bool) -> bool:
+        """Whether the image has a pages file (restore opens it, with O_DIRECT for --direct)."""
+        if not os.path.exists(os.path.join(image, PAGES_META_FILE)):
+            return False
+        path = os.path.join(image, PAGES_FILE)
+        try:
+            os.close(os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0)))
+        except OSError as e:
+            raise Fatal(f'starting container: opening pages file "{path}" failed: {e.strerror.lower()}') from None
+        return True
+
     def cmd_restore(self, flags: dict[str, str], positional: list[str]) -> int:
         cid = self.one_id(positional, "restore")
         image = flags.get("image-path", "")
@@ -862,8 +954,8 @@ class Fake:
                 snapshot = json.load(f)
         except (OSError, ValueError) as e:
             raise Fatal(f"restoring container: reading image: {e}") from None
-        if truthy(flags, "background") and snapshot.get("compression", "none") != "none":
-            raise Fatal("restoring container: background restore requires an uncompressed image")
+        # --background needs a pages file; without one (compressed image) it has no effect.
+        background = self.open_pages_file(image, truthy(flags, "direct")) and truthy(flags, "background")
         existing = os.path.exists(os.path.join(self.cdir(cid), "state.json"))
         if existing:
             state = self.load(cid)
@@ -879,6 +971,7 @@ class Fake:
         state["status"] = "running"
         state["restored_from"] = image
         state["restore_flags"] = sorted(flags)
+        state["background"] = self.background_load() if background else None
         self.save(state)
         self.save_cuda(cid, snapshot.get("cuda") or {})
         native = snapshot.get("native")
@@ -888,6 +981,12 @@ class Fake:
         if truthy(flags, "detach"):
             return 0
         return self.wait_stopped(cid)
+
+    def background_load(self) -> dict[str, Any]:
+        """What the sandbox's background page loading will do after restore returns."""
+        seconds = float(self.env.get("FAKE_RUNSC_BACKGROUND_SECONDS", "0"))
+        raw = self.env.get("FAKE_RUNSC_BACKGROUND_FAIL")
+        return {"done_at": time.time() + seconds, "failure": json.loads(raw) if raw else None}
 
     def compare_mounts(self, saved: dict[str, Any], now: dict[str, Any]) -> None:
         def key(m: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:

@@ -2,11 +2,12 @@
 
     python3 app.py GIB STATUS_FILE [--cpu]
 
-Every ~50 ms it increments a counter, re-reads the whole tensor on the GPU and
-compares its sum with the one taken at start, and writes
-{"counter", "checksum_ok", "pid", "time", "gib"} to STATUS_FILE (atomically).
-``--cpu`` is the same loop without CUDA, for checking the plumbing on a
-machine without a GPU.
+Every ~50 ms it increments a counter, writes it to STATUS_FILE.alive (the
+process runs), re-reads the whole tensor on the GPU and compares its sum with
+the one taken at start, and writes {"counter", "checksum_ok", "pid", "time",
+"gib"} to STATUS_FILE (atomically).  ``--cpu`` is the same loop without CUDA,
+for checking the plumbing on a machine without a GPU: the "tensor" is GIB of
+random bytes in host memory, checked with CRC-32.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import sys
 import time
+import zlib
 
 
 def main() -> int:
@@ -22,9 +24,10 @@ def main() -> int:
     status = sys.argv[2]
     cpu = "--cpu" in sys.argv[3:]
     if cpu:
+        data = os.urandom(int(gib * (1 << 30)))
 
         def checksum() -> float:
-            return 42.0
+            return float(zlib.crc32(data))
 
     else:
         import torch
@@ -39,8 +42,12 @@ def main() -> int:
     reference = checksum()
     counter = 0
     tmp = status + ".tmp"
+    alive = status + ".alive"
     while True:
         counter += 1
+        with open(alive + ".tmp", "w") as f:
+            f.write(str(counter))
+        os.replace(alive + ".tmp", alive)
         value = checksum()
         with open(tmp, "w") as f:
             json.dump(

@@ -15,8 +15,20 @@ container: the counter resumes from where it was saved and the tensor is intact.
 It prints per-phase times and GiB/s and writes them to OUT/gpu-results.json.
 
 Without a GPU it exits 0 after printing why it skipped (``SKIP: ...``);
-``--cpu-smoke`` runs the same plumbing with a CPU-only app and a cuda-checkpoint
-that knows no CUDA process, to check everything but the GPU part anywhere.
+``--cpu-smoke`` runs the same plumbing with a CPU-only app (GIB of random host
+memory, default 0.25) and a cuda-checkpoint that knows no CUDA process, to
+check everything but the GPU part anywhere.
+
+``--tuning`` compares checkpoint/restore image options instead (docs/tuning.md):
+for each of "runsc's defaults" (runsc-cuda with ``tuning = "off"``: runsc's
+default image flags, CUDA still frozen by runsc-cuda) and "runsc-cuda's
+defaults" (``tuning = "gpu"``), a fresh container is started, asked for its
+stats once (as docker stats and the kubelet do), checkpointed (it stops) and
+restored into a new container after the page cache is dropped (``--warm``: not
+dropped), and it reports: checkpoint time, image size, restore call time,
+restore until the app runs again (it writes a heartbeat before each GPU pass),
+and restore until the tensor is read back intact on the GPU.  With ``--gib 4``
+it is meant to finish within 5 minutes.
 """
 
 from __future__ import annotations
@@ -36,6 +48,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DEADLINE_S = 6.5 * 60
+TUNING_DEADLINE_S = 4.5 * 60
+TUNING_VARIANTS = (
+    ("runsc defaults", {"RUNSC_CUDA_TUNING": "off"}),
+    ("runsc-cuda defaults", {"RUNSC_CUDA_TUNING": "gpu"}),
+)
 CUDA_CHECKPOINT_PLACES = (
     "/usr/bin/cuda-checkpoint",
     "/usr/local/bin/cuda-checkpoint",
@@ -61,16 +78,23 @@ class Check:
         self.log_lines.append(line)
 
     def left(self) -> float:
-        return DEADLINE_S - (time.monotonic() - self.start)
+        limit = TUNING_DEADLINE_S if self.args.tuning else DEADLINE_S
+        return limit - (time.monotonic() - self.start)
 
     def shim(
-        self, *args: str, engine: str, timeout: float = 300, check: bool = True
+        self,
+        *args: str,
+        engine: str,
+        timeout: float = 300,
+        check: bool = True,
+        env_extra: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ)
         env.update(
             PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
             RUNSC_CUDA_CONFIG=str(self.work / "config.toml"),
             RUNSC_CUDA_ENGINE=engine,
+            **(env_extra or {}),
         )
         cmd = [sys.executable, "-m", "runsc_cuda", *self.global_flags(), *args]
         started = time.monotonic()
@@ -351,6 +375,14 @@ class Check:
         ).stdout.strip()
         self.write_config(cuda_checkpoint)
         self.say(f"cuda-checkpoint {cuda_checkpoint}; {self.results['runsc_version'].splitlines()[:1]}")
+        if self.args.tuning:
+            try:
+                self.tuning_run()
+            finally:
+                self.cleanup()
+                self.save()
+            self.tuning_table()
+            return 1 if self.results["errors"] else 0
         try:
             cid = "gpu-a"
             bundle = self.bundle(cid)
@@ -383,6 +415,116 @@ class Check:
             self.save()
         self.table()
         return 1 if self.results["errors"] else 0
+
+    # --- --tuning ---------------------------------------------------------------------------
+
+    def alive(self) -> int:
+        try:
+            return int((self.work / "app" / "status.json.alive").read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def drop_caches(self) -> bool:
+        os.sync()
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        except OSError:
+            return False
+        return True
+
+    def tuning_run(self) -> None:
+        engine = "auto"
+        for n, (name, env) in enumerate(TUNING_VARIANTS):
+            if self.left() < 90:
+                self.results["errors"].append(f"out of time before {name}")
+                break
+            try:
+                self.tuning_variant(n, name, env, engine)
+            except Exception as e:  # keep going: the other variant still counts
+                self.results["errors"].append(f"{name}: {e}")
+                self.say(f"ERROR {name}: {e}")
+
+    def tuning_variant(self, n: int, name: str, env: dict[str, str], engine: str) -> None:
+        app = self.work / "app"
+        for stale in ("status.json", "status.json.alive"):
+            (app / stale).unlink(missing_ok=True)
+        cid, new_cid = f"tune{n}-a", f"tune{n}-b"
+        bundle = self.bundle(cid)
+        t0 = time.monotonic()
+        self.shim("create", "--bundle", str(bundle), cid, engine=engine, env_extra=env)
+        self.shim("start", cid, engine=engine, env_extra=env)
+        self.wait_counter(cid, 0, 240)
+        started = time.monotonic() - t0
+        root = str(self.work / "runsc-root")
+        subprocess.run([self.args.runsc, "--root", root, "events", "--stats", cid], capture_output=True, check=False)
+        image = self.work / f"image-tune{n}"
+        t0 = time.monotonic()
+        self.shim("checkpoint", "--image-path", str(image), cid, engine=engine, env_extra=env)
+        ckpt_s = time.monotonic() - t0
+        side = self.sidecar(image)
+        saved, saved_alive = self.status(cid).get("counter", 0), self.alive()
+        self.shim("delete", "--force", cid, engine=engine, check=False, env_extra=env)
+        cold = not self.args.warm and self.drop_caches()
+        new_bundle = self.bundle(new_cid)
+        t0 = time.monotonic()
+        self.shim(
+            "restore", "--image-path", str(image), "--bundle", str(new_bundle), "--detach", new_cid,
+            engine=engine, timeout=600, env_extra=env,
+        )  # fmt: skip
+        restore_s = time.monotonic() - t0
+        running_s = intact_s = None
+        deadline = t0 + 240
+        while time.monotonic() < deadline and (running_s is None or intact_s is None):
+            if running_s is None and self.alive() > saved_alive:
+                running_s = time.monotonic() - t0
+            status = self.status(new_cid)
+            if intact_s is None and status.get("counter", 0) > saved:
+                if not status.get("checksum_ok"):
+                    raise RuntimeError(f"{name}: the tensor changed across checkpoint/restore: {status}")
+                intact_s = time.monotonic() - t0
+                running_s = running_s if running_s is not None else intact_s
+            time.sleep(0.01)
+        if running_s is None or intact_s is None:
+            raise RuntimeError(f"{name}: the app did not resume within 240s (running {running_s}, intact {intact_s})")
+        entry = {
+            "start_s": round(started, 3),
+            "checkpoint_s": round(ckpt_s, 3),
+            "image_bytes": self.image_bytes(image),
+            "restore_call_s": round(restore_s, 3),
+            "restore_until_running_s": round(running_s, 3),
+            "restore_until_tensor_intact_s": round(intact_s, 3),
+            "cache": "cold" if cold else "warm",
+            "engine": side.get("engine"),
+            "tuning": side.get("tuning", {}),
+            "timings": side.get("timings", {}),
+        }
+        self.results["phases"][name] = entry
+        self.say(
+            f"{name}: checkpoint {ckpt_s:.2f}s, image {entry['image_bytes'] / (1 << 30):.2f} GiB, restore call "
+            f"{restore_s:.2f}s, running after {running_s:.2f}s, tensor intact after {intact_s:.2f}s ({entry['cache']})"
+        )
+        self.shim("kill", new_cid, "KILL", engine=engine, check=False, env_extra=env)
+        self.shim("delete", "--force", new_cid, engine=engine, check=False, env_extra=env)
+        shutil.rmtree(image, ignore_errors=True)
+
+    def tuning_table(self) -> None:
+        print(
+            f"\n{'variant':<22} {'ckpt s':>7} {'image GiB':>9} {'restore s':>9} {'running s':>9} "
+            f"{'intact s':>8}  cache"
+        )
+        for name, p in self.results["phases"].items():
+            print(
+                f"{name:<22} {p['checkpoint_s']:>7.2f} {p['image_bytes'] / (1 << 30):>9.2f} "
+                f"{p['restore_call_s']:>9.2f} {p['restore_until_running_s']:>9.2f} "
+                f"{p['restore_until_tensor_intact_s']:>8.2f}  {p['cache']}"
+            )
+        base, tuned = (self.results["phases"].get(name) for name, _ in TUNING_VARIANTS)
+        if base and tuned:
+            for key in ("restore_until_running_s", "restore_until_tensor_intact_s"):
+                print(f"{key}: {base[key] / max(tuned[key], 1e-6):.2f}x faster with runsc-cuda's defaults")
+        for error in self.results["errors"]:
+            print(f"ERROR: {error}")
+        print(f"elapsed {self.results['elapsed_s']}s")
 
     def fake_no_cuda(self) -> Path:
         path = self.work / "cuda-checkpoint-none"
@@ -463,12 +605,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runsc", required=True)
     parser.add_argument("--cuda-checkpoint")
-    parser.add_argument("--gib", type=float, default=4.0)
+    parser.add_argument("--gib", type=float, default=None, help="GiB on the GPU (default 4; --cpu-smoke: 0.25)")
     parser.add_argument("--engines", default="exec,native")
     parser.add_argument("--work", default="/tmp/runsc-cuda-gpu")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/runsc-cuda-gpu-out"))
     parser.add_argument("--cpu-smoke", action="store_true")
+    parser.add_argument("--tuning", action="store_true", help="compare runsc's and runsc-cuda's image options")
+    parser.add_argument("--warm", action="store_true", help="--tuning: keep the page cache before restore")
     args = parser.parse_args()
+    if args.gib is None:
+        args.gib = 0.25 if args.cpu_smoke else 4.0
     shutil.rmtree(args.work, ignore_errors=True)
     return Check(args).run()
 
