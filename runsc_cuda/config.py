@@ -87,7 +87,8 @@ DOCS: dict[str, str] = {
     "tuning": (
         "Which containers get the checkpoint_* and restore_* settings below: gpu (GPU containers), all (every "
         "container), off (none, and dev.runsc-cuda.checkpoint.*/restore.* annotations are ignored too). A "
-        "container's own annotations apply to it whatever its kind. See docs/tuning.md."
+        "container's own annotations apply to it whatever its kind. See 'Checkpoint and restore image options' "
+        "in the README."
     ),
     "checkpoint_compression": (
         "runsc checkpoint --compression: none (the image keeps its memory in pages.img, which restore_background "

@@ -177,6 +177,27 @@ class Shim:
         """A call with the global flags Docker/containerd pass (runtime log in the bundle)."""
         return self.run("--log", str(bundle / "log.json"), "--log-format", "json", *args, **kw)
 
+    def docker_restore(
+        self, bundle: Path, image: Path, cid: str = "c1", **kw: Any
+    ) -> subprocess.CompletedProcess[bytes]:
+        """containerd's restore call for `docker start --checkpoint` (the stopped container already deleted)."""
+        return self.docker(
+            bundle,
+            "restore",
+            "--image-path",
+            str(image),
+            "--work-path",
+            str(bundle / "work"),
+            "--detach",
+            "--pid-file",
+            str(bundle / "init.pid"),
+            "-no-subreaper",
+            "--bundle",
+            str(bundle),
+            cid,
+            **kw,
+        )
+
     def log_entries(self, bundle: Path) -> list[dict[str, Any]]:
         path = bundle / "log.json"
         if not path.exists():

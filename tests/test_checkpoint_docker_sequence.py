@@ -30,21 +30,7 @@ def checkpoint(shim: Shim, bundle: Path, cid: str, image: Path, leave_running: b
 
 def restore(shim: Shim, bundle: Path, cid: str, image: Path) -> None:
     assert shim.docker(bundle, "delete", cid).returncode == 0
-    out = shim.docker(
-        bundle,
-        "restore",
-        "--image-path",
-        str(image),
-        "--work-path",
-        str(bundle / "work"),
-        "--detach",
-        "--pid-file",
-        str(bundle / "init.pid"),
-        "-no-subreaper",
-        "--bundle",
-        str(bundle),
-        cid,
-    )
+    out = shim.docker_restore(bundle, image, cid)
     assert out.returncode == 0, out.stderr
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_restore import _foreground, _wait_for, docker_restore, stopped_image
+from test_restore import _foreground, _wait_for, stopped_image
 
 from runsc_cuda import host, logs, sandbox, sidecar, spec
 from runsc_cuda.errors import ShimError
@@ -79,7 +79,7 @@ def test_sigterm_during_the_last_step_still_fails_the_checkpoint(shim: Shim) -> 
 def test_sigterm_during_restore_still_thaws_and_fails(shim: Shim) -> None:
     shim.env["RUNSC_CUDA_ENGINE"] = "exec"
     bundle, image = stopped_image(shim)
-    out = docker_restore(shim, bundle, image, env=faults({"verb": "restore", "fault": "signal"}))
+    out = shim.docker_restore(bundle, image, env=faults({"verb": "restore", "fault": "signal"}))
     assert out.returncode == 1, out.stderr
     assert "interrupted by SIGTERM" in shim.last_error(bundle)
     assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
@@ -239,7 +239,7 @@ def test_runsc_restore_killed_is_reported_in_the_log(shim: Shim) -> None:
     """Before: a runsc restore killed by a signal left no error in log.json (runsc wrote none)."""
     shim.env["RUNSC_CUDA_ENGINE"] = "exec"
     bundle, image = stopped_image(shim)
-    out = docker_restore(shim, bundle, image, env=faults({"verb": "restore", "fault": "die"}))
+    out = shim.docker_restore(bundle, image, env=faults({"verb": "restore", "fault": "die"}))
     assert out.returncode == 137
     assert shim.last_error(bundle) == "runsc-cuda: restore of c1 failed: runsc restore was killed by signal 9"
 
@@ -389,7 +389,7 @@ def test_a_restore_retries_its_thaw_only_after_a_late_call_is_done(shim: Shim) -
     bundle, image = stopped_image(shim)
     shim.env.update(RUNSC_CUDA_CUDA_CALL_TIMEOUT_S="1", RUNSC_CUDA_LOCK_TIMEOUT_MS="3000")
     plan = {"pid": 10, "op": "restore", "fault": "hang", "seconds": 2, "then": "complete"}
-    out = docker_restore(shim, bundle, image, env=cuda_faults(plan))
+    out = shim.docker_restore(bundle, image, env=cuda_faults(plan))
     assert out.returncode == 0, shim.last_error(bundle)
     assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
     calls = [json.loads(x) for x in (shim.root / "c1" / "cuda-calls.jsonl").read_text().splitlines()]

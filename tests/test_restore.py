@@ -40,24 +40,6 @@ def stopped_image(shim: Shim, cid: str = "c1") -> tuple[Path, Path]:
     return bundle, image
 
 
-def docker_restore(shim: Shim, bundle: Path, image: Path, cid: str = "c1", **kw: object):  # type: ignore[no-untyped-def]
-    return shim.docker(
-        bundle,
-        "restore",
-        "--image-path",
-        str(image),
-        "--work-path",
-        str(bundle / "work"),
-        "--detach",
-        "--pid-file",
-        str(bundle / "init.pid"),
-        "-no-subreaper",
-        "--bundle",
-        str(bundle),
-        cid,
-        **kw,
-    )
-
 
 @pytest.fixture(autouse=True)
 def exec_engine(shim: Shim) -> None:
@@ -71,7 +53,7 @@ def test_restore_into_a_fresh_bundle_patches_it_like_create(shim: Shim) -> None:
     original = json.loads((bundle / "config.json").read_text())
     original["mounts"] = [m for m in original["mounts"] if m["destination"] != "/usr/local/bin/cuda-checkpoint"]
     (fresh / "config.json").write_text(json.dumps(original))
-    out = docker_restore(shim, fresh, image)
+    out = shim.docker_restore(fresh, image)
     assert out.returncode == 0, out.stderr
     assert shim.cuda_states("c1") == {10: "running", 11: "running"}
     assert any(
@@ -84,7 +66,7 @@ def test_an_image_without_a_sidecar_restores_as_plain_runsc_would(shim: Shim) ->
     bundle, image = stopped_image(shim)
     (image / "runsc-cuda.json").unlink()
     before = len(shim.calls())
-    out = docker_restore(shim, bundle, image)
+    out = shim.docker_restore(bundle, image)
     assert out.returncode == 0, out.stderr
     shim.wait_background(bundle)
     assert len(shim.calls_of("restore", before)) == 1
@@ -111,7 +93,7 @@ def test_an_image_from_other_gpus_or_driver_is_refused_before_runsc(
     bundle, image = stopped_image(shim)
     shim.env["RUNSC_CUDA_PROC_DRIVER_NVIDIA"] = str(fake_proc(shim, *here))
     before = len(shim.calls())
-    out = docker_restore(shim, bundle, image)
+    out = shim.docker_restore(bundle, image)
     assert out.returncode != 0
     assert needle in shim.last_error(bundle)
     assert shim.calls()[before:] == []
@@ -120,7 +102,7 @@ def test_an_image_from_other_gpus_or_driver_is_refused_before_runsc(
 def test_the_same_gpus_restore(shim: Shim) -> None:
     shim.env["RUNSC_CUDA_PROC_DRIVER_NVIDIA"] = str(fake_proc(shim, "580.159.03", "NVIDIA H200", "NVIDIA H200"))
     bundle, image = stopped_image(shim)
-    out = docker_restore(shim, bundle, image)
+    out = shim.docker_restore(bundle, image)
     assert out.returncode == 0, out.stderr
     assert shim.cuda_states("c1") == {10: "running", 11: "running"}
 
@@ -139,7 +121,7 @@ def test_a_damaged_sidecar_is_a_clear_error(shim: Shim, text: str, needle: str) 
     bundle, image = stopped_image(shim)
     (image / "runsc-cuda.json").write_text(text)
     before = len(shim.calls())
-    out = docker_restore(shim, bundle, image)
+    out = shim.docker_restore(bundle, image)
     assert out.returncode != 0
     assert needle in shim.last_error(bundle)
     assert "runsc-cuda.json" in shim.last_error(bundle)
@@ -149,7 +131,7 @@ def test_a_damaged_sidecar_is_a_clear_error(shim: Shim, text: str, needle: str) 
 def test_a_transient_thaw_failure_is_retried(shim: Shim) -> None:
     bundle, image = stopped_image(shim)
     plan = json.dumps([{"pid": 11, "op": "restore", "fault": "fail", "times": 1}])
-    out = docker_restore(shim, bundle, image, env={"FAKE_CUDA_FAULTS": plan})
+    out = shim.docker_restore(bundle, image, env={"FAKE_CUDA_FAULTS": plan})
     assert out.returncode == 0, out.stderr
     assert shim.cuda_states("c1") == {10: "running", 11: "running"}
     assert any(e["level"] == "warning" and "second try" in e["msg"] for e in shim.log_entries(bundle))
@@ -158,7 +140,7 @@ def test_a_transient_thaw_failure_is_retried(shim: Shim) -> None:
 def test_a_thaw_that_keeps_failing_fails_the_restore_naming_the_process(shim: Shim) -> None:
     bundle, image = stopped_image(shim)
     plan = json.dumps([{"pid": 11, "op": "restore", "fault": "fail", "times": 0}])
-    out = docker_restore(shim, bundle, image, env={"FAKE_CUDA_FAULTS": plan})
+    out = shim.docker_restore(bundle, image, env={"FAKE_CUDA_FAULTS": plan})
     assert out.returncode != 0
     assert "PID 11" in shim.last_error(bundle)
     assert shim.cuda_states("c1")[10] == "running"
@@ -167,7 +149,7 @@ def test_a_thaw_that_keeps_failing_fails_the_restore_naming_the_process(shim: Sh
 def test_a_runsc_restore_failure_is_runscs_exit_status_and_message(shim: Shim) -> None:
     bundle, image = stopped_image(shim)
     plan = json.dumps([{"verb": "restore", "fault": "fail", "message": "restoring container: boom"}])
-    out = docker_restore(shim, bundle, image, env={"FAKE_RUNSC_FAULTS": plan})
+    out = shim.docker_restore(bundle, image, env={"FAKE_RUNSC_FAULTS": plan})
     assert out.returncode == 128
     assert shim.last_error(bundle) == "restoring container: boom"
 
@@ -237,6 +219,6 @@ def test_a_refused_restore_leaves_the_bundle_unwritten(shim: Shim) -> None:
     (fresh / "config.json").write_text(json.dumps(doc))
     raw = (fresh / "config.json").read_bytes()
     shim.env["RUNSC_CUDA_PROC_DRIVER_NVIDIA"] = str(fake_proc(shim, "575.51.03", "NVIDIA H200"))
-    out = docker_restore(shim, fresh, image)
+    out = shim.docker_restore(fresh, image)
     assert out.returncode != 0
     assert (fresh / "config.json").read_bytes() == raw

@@ -25,22 +25,7 @@ def checkpoint(shim: Shim, bundle: Path, cid: str, image: Path, *extra: str) -> 
 def restore(shim: Shim, bundle: Path, cid: str, image: Path, **kw: Any) -> subprocess.CompletedProcess[bytes]:
     """Docker's `start --checkpoint`, after deleting the stopped container."""
     assert shim.docker(bundle, "delete", cid).returncode == 0
-    return shim.docker(
-        bundle,
-        "restore",
-        "--image-path",
-        str(image),
-        "--work-path",
-        str(bundle / "work"),
-        "--detach",
-        "--pid-file",
-        str(bundle / "init.pid"),
-        "-no-subreaper",
-        "--bundle",
-        str(bundle),
-        cid,
-        **kw,
-    )
+    return shim.docker_restore(bundle, image, cid, **kw)
 
 
 def plain(shim: Shim, cid: str, annotations: dict[str, str] | None = None) -> Path:
