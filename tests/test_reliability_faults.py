@@ -206,26 +206,23 @@ def split_runsc_argv(argv: list[str]) -> tuple[str, str]:
 
 
 def recorded_calls(shim: Shim, native: bool) -> list[Call]:
+    """Every call of a clean run, each with how many matching calls came before it.
+
+    The fake cuda-checkpoint counts a fault's ``skip`` over every call of that
+    operation on that PID, whoever makes it: with the native engine, runsc's own
+    calls (during the save) come before runsc-cuda's check after it, so they
+    are counted first.
+    """
     calls: list[Call] = []
     seen: dict[tuple[str, str, str, int], int] = {}
 
-    def add(layer: str, verb: str, match: str, pid: int) -> None:
-        key = (layer, verb, match, pid)
-        calls.append(Call(layer, verb, match, pid, seen.get(key, 0)))
+    def make(layer: str, verb: str, match: str, pid: int) -> Call:
+        key = (layer, verb, match if layer == "runsc" else "", pid)
+        call = Call(layer, verb, match, pid, seen.get(key, 0))
         seen[key] = seen.get(key, 0) + 1
+        return call
 
-    for entry in shim.calls():
-        verb, match = split_runsc_argv(entry["argv"])
-        # Up to the first path of the clean run's own folder (image, bundle): the same in every copy.
-        words = match.split()
-        match = " ".join(itertools.takewhile(lambda w: str(shim.tmp) not in w, words))
-        add("runsc", verb, match, 0)
-        words = match.split()
-        if verb == "exec" and "--help" in words:
-            add("cuda", "help", "", -1)
-        elif verb == "exec":
-            op = words[words.index("--action") + 1] if "--action" in words else words[3].lstrip("-")
-            add("cuda", op, "", int(words[words.index("--pid") + 1]))
+    natives: list[Call] = []
     if native:  # the cuda-checkpoint calls runsc itself makes (not through runsc exec: another process)
         exec_pids = {entry["pid"] for entry in shim.calls()}
         path = shim.root / CID / "cuda-calls.jsonl"
@@ -234,8 +231,20 @@ def recorded_calls(shim: Shim, native: bool) -> list[Call]:
             argv = entry["argv"]
             if entry["pid"] not in exec_pids:
                 op = "toggle" if "--toggle" in argv else "get-state"
-                add("cuda", op, "native", int(argv[argv.index("--pid") + 1]))
-    return calls
+                natives.append(make("cuda", op, "native", int(argv[argv.index("--pid") + 1])))
+    for entry in shim.calls():
+        verb, match = split_runsc_argv(entry["argv"])
+        # Up to the first path of the clean run's own folder (image, bundle): the same in every copy.
+        words = match.split()
+        match = " ".join(itertools.takewhile(lambda w: str(shim.tmp) not in w, words))
+        calls.append(make("runsc", verb, match, 0))
+        words = match.split()
+        if verb == "exec" and "--help" in words:
+            calls.append(make("cuda", "help", "", -1))
+        elif verb == "exec":
+            op = words[words.index("--action") + 1] if "--action" in words else words[3].lstrip("-")
+            calls.append(make("cuda", op, "", int(words[words.index("--pid") + 1])))
+    return calls + natives
 
 
 def retried(case: Shim, call: Call, fault: str) -> bool:
