@@ -368,17 +368,8 @@ def test_hostile_host_cuda_checkpoint_and_mounts(shim: Shim) -> None:
         index, (name, doc, host, mounted) = item
         bundle = shim.bundle(f"host{index}", doc)
         before = (bundle / "config.json").read_bytes()
-        out = shim.run(
-            "--log",
-            str(bundle / "log.json"),
-            "--log-format",
-            "json",
-            "create",
-            "--bundle",
-            str(bundle),
-            f"h{index}",
-            env={"RUNSC_CUDA_CUDA_CHECKPOINT": host},
-        )
+        env = {"RUNSC_CUDA_CUDA_CHECKPOINT": host}
+        out = shim.docker(bundle, "create", "--bundle", str(bundle), f"h{index}", env=env)
         problems = []
         if out.returncode != 0:
             problems.append(f"the container did not start: {out.stderr[-200:]!r}")
