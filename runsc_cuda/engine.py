@@ -12,6 +12,7 @@ import json
 import os
 import re
 
+from runsc_cuda import files
 from runsc_cuda.errors import ShimError
 from runsc_cuda.session import Session
 
@@ -45,15 +46,9 @@ def _load_help_file(path: str, key: list[object]) -> dict[str, str]:
 
 
 def _save_help_file(path: str, key: list[object], texts: dict[str, str]) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
+    with contextlib.suppress(OSError):  # only a cache: runsc is asked again next time
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"binary": key, "help": texts}, f)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        files.write_atomic(path, json.dumps({"binary": key, "help": texts}), durable=False)
 
 
 def runsc_help(session: Session, verb: str) -> str:

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runsc_cuda import __version__
+from runsc_cuda import __version__, files
 from runsc_cuda.cuda import STATES
 from runsc_cuda.errors import ShimError
 from runsc_cuda.host import GpuInfo
@@ -71,13 +71,8 @@ def now_rfc3339() -> str:
 
 def write(image_path: str, sidecar: Sidecar) -> str:
     path = os.path.join(image_path, NAME)
-    tmp = path + ".tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(sidecar.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        files.write_atomic(path, sidecar.to_json())
     except OSError as e:
         raise ShimError(f"cannot write {path}: {e.strerror}") from None
     return path
