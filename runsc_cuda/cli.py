@@ -6,9 +6,9 @@ import os
 import sys
 
 from runsc_cuda import __version__
-from runsc_cuda.argv import ArgvError, CommandLine, parse
 from runsc_cuda.errors import ShimError
-from runsc_cuda.runtime import exec_runsc, find_runsc
+from runsc_cuda.oci.argv import ArgvError, CommandLine, parse
+from runsc_cuda.oci.runsc import exec_runsc, find_runsc
 
 INTERCEPTED = frozenset({"create", "run", "restore", "checkpoint", "doctor"})
 
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd = None  # runsc will say what is wrong with it
     wants_version = cmd is not None and any(f.name == "version" and f.as_bool() for f in cmd.global_flags)
     if cmd is not None and cmd.verb in INTERCEPTED and not wants_version:
-        from runsc_cuda import intercept
+        from runsc_cuda.commands import dispatch
 
-        return intercept.main(cmd, environ)
+        return dispatch.main(cmd, environ)
     try:
         runsc = find_runsc(environ)
         if wants_version:

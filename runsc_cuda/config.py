@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from runsc_cuda.errors import ShimError
-from runsc_cuda.runtime import ENV_CONFIG, config_path
+from runsc_cuda.oci.runsc import ENV_CONFIG, config_path
 
 ENGINES = ("auto", "native", "exec")
 TUNING_SCOPES = ("gpu", "all", "off")

@@ -6,7 +6,7 @@ and the docs; tests check that they all agree with it.
 
 from __future__ import annotations
 
-from runsc_cuda.runtime import DEFAULT_CONFIG
+from runsc_cuda.oci.runsc import DEFAULT_CONFIG
 
 # The runtime name: Docker's runtimes key, containerd's runtime (the CRI
 # handler), Kubernetes' RuntimeClass handler.

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 from runsc_cuda import config as config_mod
 from runsc_cuda import logs
-from runsc_cuda.argv import CommandLine
 from runsc_cuda.errors import ShimError
+from runsc_cuda.oci.argv import CommandLine
+from runsc_cuda.oci.runsc import exec_runsc, resolve_runsc
 from runsc_cuda.runner import Result, Runner
-from runsc_cuda.runtime import exec_runsc, resolve_runsc
 from runsc_cuda.signals import StopFlag
 
 
@@ -63,7 +63,7 @@ def open_session(
     cmd: CommandLine, environ: Mapping[str, str], report: logs.Reporter, stop: StopFlag | None = None
 ) -> Session:
     """Load config, set up the detailed log, find runsc. Raises ShimError."""
-    from runsc_cuda.runtime import child_environ
+    from runsc_cuda.oci.runsc import child_environ
 
     cfg = config_mod.load(environ)
     debug_flag = cmd.global_flag("debug")

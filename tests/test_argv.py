@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runsc_cuda.argv import ArgvError, Flag, VerbFlags, parse, parse_verb_args
-from runsc_cuda.verbs import known_flags
+from runsc_cuda.oci.argv import ArgvError, Flag, VerbFlags, parse, parse_verb_args
+from runsc_cuda.oci.verbs import known_flags
 
 DOCKER = ["--root", "/var/run/docker/runtime-runc/moby", "--log", "/b/log.json", "--log-format", "json"]
 

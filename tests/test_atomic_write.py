@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from runsc_cuda import spec
+from runsc_cuda.oci import spec
 
 from conftest import Shim, fixture_spec
 

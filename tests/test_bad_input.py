@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runsc_cuda import spec
 from runsc_cuda.errors import ShimError
-from runsc_cuda.runtime import resolve_runsc
+from runsc_cuda.oci import spec
+from runsc_cuda.oci.runsc import resolve_runsc
 
 from conftest import Shim, fixture_spec
 

@@ -8,7 +8,8 @@ import tomllib
 
 import pytest
 
-from runsc_cuda import conffile, config, runtime
+from runsc_cuda import conffile, config
+from runsc_cuda.oci import runsc
 
 
 def test_every_key_is_documented_and_has_a_default() -> None:
@@ -41,7 +42,7 @@ def test_uncommenting_every_line_gives_the_defaults() -> None:
 
 def test_uncommented_file_is_read_by_the_pass_through_fast_path() -> None:
     # runsc = "" is "look runsc up on PATH", for the fast reader as for the full parser.
-    sure, value = runtime.fast_config_runsc(conffile.uncomment(conffile.render_toml()))
+    sure, value = runsc.fast_config_runsc(conffile.uncomment(conffile.render_toml()))
     assert sure
     assert not value
 

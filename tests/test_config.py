@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from runsc_cuda import config
 from runsc_cuda.errors import ShimError
-from runsc_cuda.runtime import fast_config_runsc
+from runsc_cuda.oci.runsc import fast_config_runsc
 
 
 def test_a_missing_default_file_means_defaults(tmp_path: object) -> None:

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from runsc_cuda import config, doctor, host, layout
+from runsc_cuda import config, layout
+from runsc_cuda.commands.doctor import main as doctor
+from runsc_cuda.cuda import host
 
 from conftest import Shim
 

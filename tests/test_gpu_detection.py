@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runsc_cuda.errors import ShimError
-from runsc_cuda.spec import gpu_request
+from runsc_cuda.oci.spec import gpu_request
 
 from conftest import fixture_spec
 

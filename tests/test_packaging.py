@@ -131,9 +131,9 @@ def test_docker_runtime_names_agree_with_containerd_handler() -> None:
 
 
 def test_layout_agrees_with_the_runtime_config_path() -> None:
-    from runsc_cuda import runtime
+    from runsc_cuda.oci import runsc
 
-    assert layout.CONFIG_PATH == runtime.DEFAULT_CONFIG
+    assert layout.CONFIG_PATH == runsc.DEFAULT_CONFIG
     assert layout.BIN_PATH == "/usr/bin/" + layout.RUNTIME_NAME
     assert layout.LIB_DIR == "/usr/lib/" + layout.RUNTIME_NAME
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runsc_cuda import spec
+from runsc_cuda.oci import spec
 
 from conftest import Shim, fixture_spec
 

@@ -45,7 +45,7 @@ from reliability_support import (
 )
 from test_reliability_faults import Call, recorded_calls
 
-from runsc_cuda import spec
+from runsc_cuda.oci import spec
 
 from conftest import Shim, fixture_spec
 

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from test_restore import _foreground, _wait_for, stopped_image
 
-from runsc_cuda import host, logs, sandbox, sidecar, spec
+from runsc_cuda import logs
+from runsc_cuda.cuda import host
+from runsc_cuda.cuda.freezer import ROLLBACK_TRIES, Freezer, Timeouts
 from runsc_cuda.errors import ShimError
-from runsc_cuda.freeze import ROLLBACK_TRIES, Freezer, Timeouts
+from runsc_cuda.image import sidecar
+from runsc_cuda.oci import sandbox, spec
 from runsc_cuda.runner import Result
 
 from conftest import Shim

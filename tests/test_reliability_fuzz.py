@@ -28,9 +28,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_support import Tally, entry_point, scale
 
-from runsc_cuda import cuda, engine, host, logs, sandbox, schema, sidecar, spec, verbs
-from runsc_cuda.argv import GLOBAL_BOOL_FLAGS, ArgvError, Flag, VerbFlags, parse, parse_verb_args
+from runsc_cuda import logs
+from runsc_cuda.cuda import host, protocol
 from runsc_cuda.errors import ShimError
+from runsc_cuda.image import sidecar
+from runsc_cuda.oci import help, sandbox, schema, spec, verbs
+from runsc_cuda.oci.argv import GLOBAL_BOOL_FLAGS, ArgvError, Flag, VerbFlags, parse, parse_verb_args
 from runsc_cuda.runner import Result
 
 from conftest import Shim, fixture_spec
@@ -303,20 +306,20 @@ def test_fuzz_config_json_end_to_end_through_create(shim: Shim) -> None:
 some_bytes = st.one_of(
     st.binary(max_size=80),
     st.text(max_size=40).map(str.encode),
-    st.sampled_from([s.encode() for s in cuda.STATES]).map(lambda b: b + b"\n"),
+    st.sampled_from([s.encode() for s in protocol.STATES]).map(lambda b: b + b"\n"),
     st.builds(
         lambda a, s, b: (a + s + b).encode(),
         st.text(" \n\t", max_size=3),
-        st.sampled_from(cuda.STATES),
+        st.sampled_from(protocol.STATES),
         st.text(max_size=3),
     ),
 )
 
 
 def check_cuda_state(output: bytes) -> None:
-    state = cuda.parse_state(output)
-    assert state is None or (state in cuda.STATES and output.strip().decode() == state)
-    caps = cuda.Capabilities.from_help(output.decode("utf-8", errors="replace"))
+    state = protocol.parse_state(output)
+    assert state is None or (state in protocol.STATES and output.strip().decode() == state)
+    caps = protocol.Capabilities.from_help(output.decode("utf-8", errors="replace"))
     assert isinstance(caps.get_state, bool)
 
 
@@ -392,9 +395,9 @@ class StubSession:
 def check_help_and_errors(value: tuple[bytes, bytes, int]) -> None:
     out, err, code = value
     session: Any = StubSession(out, err, code)
-    flags = engine.runsc_flags(session, "checkpoint")
+    flags = help.runsc_flags(session, "checkpoint")
     assert all(isinstance(f, str) and f for f in flags)
-    version = engine.runsc_version(session)
+    version = help.runsc_version(session)
     assert len(version) <= 200 and "\n" not in version
     result = session.result
     text = result.error_text()
@@ -421,7 +424,7 @@ sidecar_docs = st.fixed_dictionaries(
                 st.fixed_dictionaries(
                     {
                         "pid": st.one_of(st.integers(), json_values),
-                        "state_saved": st.one_of(st.sampled_from(cuda.STATES), json_values),
+                        "state_saved": st.one_of(st.sampled_from(protocol.STATES), json_values),
                     }
                 ),
                 max_size=4,
@@ -441,13 +444,13 @@ sidecar_docs = st.fixed_dictionaries(
 def check_sidecar(doc: Any) -> None:
     text = doc if isinstance(doc, str) else json.dumps(doc)
     try:
-        record = sidecar.parse(text, "img/runsc-cuda.json")
+        record = sidecar.parse(text, "img/runsc-protocol.json")
     except ShimError as e:
         assert "\n" not in e.message
         return
     for proc in record.cuda_processes:
         assert 0 < proc.pid <= sandbox.PID_MAX, proc
-        assert proc.state_saved in cuda.STATES, proc
+        assert proc.state_saved in protocol.STATES, proc
     assert record.engine in ("exec", "native")
 
 

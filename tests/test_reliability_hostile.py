@@ -42,7 +42,7 @@ from reliability_support import (
     wait_settled,
 )
 
-from runsc_cuda import spec
+from runsc_cuda.oci import spec
 from runsc_cuda.runner import Runner
 
 from conftest import REPO, Shim, fixture_spec
@@ -413,7 +413,7 @@ def test_hostile_host_cuda_checkpoint_and_mounts(shim: Shim) -> None:
 def test_no_shell_is_ever_used() -> None:
     """Static: no shell=True, os.system, os.popen, or string commands anywhere in runsc_cuda."""
     bad = []
-    for path in sorted((REPO / "runsc_cuda").glob("*.py")):
+    for path in sorted((REPO / "runsc_cuda").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.keyword) and node.arg == "shell":
@@ -492,6 +492,6 @@ def test_process_names_are_never_read(shim: Shim) -> None:
     assert out.returncode == 0, out.stderr
     ps_calls = [a for a in shim.runsc_argvs() if "ps" in a]
     assert ps_calls and all(a[a.index("ps") + 1 : a.index("ps") + 3] == ["--format", "json"] for a in ps_calls)
-    source = "\n".join(p.read_text() for p in (REPO / "runsc_cuda").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (REPO / "runsc_cuda").rglob("*.py"))
     assert "/comm" not in source and "/cmdline" not in source and '/status"' not in source
-    assert stat.S_ISREG(os.stat(REPO / "runsc_cuda" / "sandbox.py").st_mode)
+    assert stat.S_ISREG(os.stat(REPO / "runsc_cuda" / "oci" / "sandbox.py").st_mode)

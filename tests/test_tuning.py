@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from runsc_cuda import tuning
-from runsc_cuda.argv import Flag, VerbArgs
 from runsc_cuda.config import Config
 from runsc_cuda.errors import ShimError
-from runsc_cuda.tuning import ImageFacts, RunscHelp, Setting
+from runsc_cuda.image import tuning
+from runsc_cuda.image.tuning import ImageFacts, RunscHelp, Setting
+from runsc_cuda.oci.argv import Flag, VerbArgs
 
 # `runsc help checkpoint` and `runsc help restore` of the pinned runsc (gvisor 20260905), verbatim.
 CHECKPOINT_HELP = """\

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runsc_cuda.argv import parse_verb_args
 from runsc_cuda.errors import ShimError
-from runsc_cuda.verbs import known_flags, translate
+from runsc_cuda.oci.argv import parse_verb_args
+from runsc_cuda.oci.verbs import known_flags, translate
 
 from tests_support import fake_accepts
 

@@ -113,7 +113,7 @@ def start(session: Session, cid: str, image: str | None) -> None:
 
 def wait_running(session: Session, cid: str, child: subprocess.Popen[bytes], poll_s: float = 0.05) -> bool:
     """An attached runsc restore: True once the container runs, False when runsc restore ended first."""
-    from runsc_cuda.sandbox import Sandbox
+    from runsc_cuda.oci.sandbox import Sandbox
 
     sandbox = Sandbox(session, cid)
     deadline = time.monotonic() + session.config.checkpoint_timeout_s
@@ -131,7 +131,7 @@ def restore_and_watch(session: Session, argv: list[str], cid: str, image: str | 
     The exit status, output and pid file are runsc's own; signals are forwarded to it.
     """
     if not detach:
-        from runsc_cuda.sandbox import Sandbox
+        from runsc_cuda.oci.sandbox import Sandbox
 
         before = Sandbox(session, cid).try_state()
         if before is not None and before.status in ("running", "paused"):

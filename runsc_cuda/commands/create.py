@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runsc_cuda import host, spec, verbs
-from runsc_cuda.argv import CommandLine, Flag, VerbArgs, parse_verb_args
+from runsc_cuda.cuda import host
+from runsc_cuda.oci import spec, verbs
+from runsc_cuda.oci.argv import CommandLine, Flag, VerbArgs, parse_verb_args
 from runsc_cuda.session import Session
 
 

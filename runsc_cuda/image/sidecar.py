@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from runsc_cuda import __version__, files
-from runsc_cuda.cuda import STATES
+from runsc_cuda.cuda.host import GpuInfo
+from runsc_cuda.cuda.protocol import STATES
 from runsc_cuda.errors import ShimError
-from runsc_cuda.host import GpuInfo
-from runsc_cuda.sandbox import MAX_PIDS, PID_MAX
+from runsc_cuda.oci.sandbox import MAX_PIDS, PID_MAX
 
 NAME = "runsc-cuda.json"
 # "none": a container without GPUs whose checkpoint runsc-cuda tuned (only the options are recorded).

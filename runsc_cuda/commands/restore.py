@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from runsc_cuda import bgwatch, cuda, host, sidecar, spec, tuning
-from runsc_cuda.create import Prepared, container_id, prepare, translated_args
+from runsc_cuda.commands.create import Prepared, container_id, prepare, translated_args
+from runsc_cuda.cuda import host, protocol
+from runsc_cuda.cuda.freezer import Freezer, StepError, Timeouts
 from runsc_cuda.errors import ShimError
-from runsc_cuda.freeze import Freezer, StepError, Timeouts
+from runsc_cuda.image import background, sidecar, tuning
 from runsc_cuda.lock import container_lock
-from runsc_cuda.sandbox import Sandbox
+from runsc_cuda.oci import spec
+from runsc_cuda.oci.sandbox import Sandbox
 from runsc_cuda.session import Session
 from runsc_cuda.signals import forwarded_to
 
@@ -39,7 +41,7 @@ def handle(session: Session) -> int:
     needs_thaw = (
         record is not None
         and record.engine == "exec"
-        and any(p.state_saved != cuda.RUNNING for p in record.cuda_processes)
+        and any(p.state_saved != protocol.RUNNING for p in record.cuda_processes)
         and prepared.container_id is not None
     )
     watch = tune is not None and tune.background
@@ -48,7 +50,7 @@ def handle(session: Session) -> int:
         if watch and prepared.container_id:
             argv = [session.runsc, *prepared.cmd.tokens()[1:]]
             detach = prepared.args.is_set("detach")
-            return bgwatch.restore_and_watch(session, argv, prepared.container_id, image, detach)
+            return background.restore_and_watch(session, argv, prepared.container_id, image, detach)
         session.become_runsc(prepared.cmd.tokens()[1:])
         return 0
     cfg = session.config
@@ -145,7 +147,7 @@ class ExecRestore:
 
     def _start_watch(self) -> None:
         if self.watch:
-            bgwatch.start(self.session, self.cid, self.prepared.args.value("image-path"))
+            background.start(self.session, self.cid, self.prepared.args.value("image-path"))
 
     def _wait_running(self, child: subprocess.Popen[bytes]) -> bool:
         deadline = time.monotonic() + self.session.config.checkpoint_timeout_s

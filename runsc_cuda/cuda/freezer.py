@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from runsc_cuda import cuda
+from runsc_cuda.cuda import protocol
 from runsc_cuda.runner import Result
 
 T = TypeVar("T")
@@ -122,19 +122,19 @@ class Freezer:
     def _call(self, pid: int, name: str) -> str | None:
         """Run one action; None on success, else why it failed."""
         if self.toggle_only:
-            result = self.sandbox.cuda(cuda.toggle(pid), self.timeouts.call_s)
+            result = self.sandbox.cuda(protocol.toggle(pid), self.timeouts.call_s)
         elif name == "lock":
-            result = self.sandbox.cuda(cuda.action("lock", pid, self.timeouts.lock_ms), self.timeouts.lock_call_s)
+            result = self.sandbox.cuda(protocol.action("lock", pid, self.timeouts.lock_ms), self.timeouts.lock_call_s)
         else:
-            result = self.sandbox.cuda(cuda.action(name, pid), self.timeouts.call_s)
+            result = self.sandbox.cuda(protocol.action(name, pid), self.timeouts.call_s)
         return None if result.ok else result.describe()
 
     def query(self, pid: int) -> tuple[str | None, str]:
         """(state, '') or (None, why the state could not be read)."""
-        result = self.sandbox.cuda(cuda.get_state(pid), self.timeouts.call_s)
+        result = self.sandbox.cuda(protocol.get_state(pid), self.timeouts.call_s)
         if not result.ok:
             return None, result.describe()
-        state = cuda.parse_state(result.stdout)
+        state = protocol.parse_state(result.stdout)
         if state is None:
             return None, f"unexpected output {result.stdout[:60]!r}"
         return state, ""
@@ -145,7 +145,7 @@ class Freezer:
         """Probe every PID (in parallel, nothing locked yet); the CUDA ones and their states."""
 
         def probe(pid: int) -> tuple[int, str | None, str]:
-            result = self.sandbox.cuda(cuda.get_state(pid), self.timeouts.call_s)
+            result = self.sandbox.cuda(protocol.get_state(pid), self.timeouts.call_s)
             if result.timed_out:
                 return pid, None, "timed out"
             if not result.answered:
@@ -153,7 +153,7 @@ class Freezer:
                 return pid, None, f"the probe did not run ({result.describe()})"
             if not result.ok:
                 return pid, None, ""  # cuda-checkpoint answered: not a CUDA process
-            state = cuda.parse_state(result.stdout)
+            state = protocol.parse_state(result.stdout)
             if state is None:
                 return pid, None, f"unexpected output {result.stdout[:60]!r}"
             return pid, state, ""
@@ -171,7 +171,7 @@ class Freezer:
             return found
 
         found = self._timed("discover", pids, run)
-        failed = {pid: "process is in state failed" for pid, state in found.items() if state == cuda.FAILED}
+        failed = {pid: "process is in state failed" for pid, state in found.items() if state == protocol.FAILED}
         if failed:
             raise StepError("--get-state", failed)
         return found
@@ -193,20 +193,20 @@ class Freezer:
     def freeze(self, states: dict[int, str]) -> None:
         """Bring every process to checkpointed (lock all, then checkpoint all), and check that they are."""
         if self.toggle_only:
-            self._step("toggle", [p for p, s in states.items() if s == cuda.RUNNING])
+            self._step("toggle", [p for p, s in states.items() if s == protocol.RUNNING])
         else:
-            self._step("lock", [p for p, s in states.items() if s == cuda.RUNNING])
-            self._step("checkpoint", [p for p, s in states.items() if s in (cuda.RUNNING, cuda.LOCKED)])
-        self.verify(sorted(states), cuda.CHECKPOINTED)
+            self._step("lock", [p for p, s in states.items() if s == protocol.RUNNING])
+            self._step("checkpoint", [p for p, s in states.items() if s in (protocol.RUNNING, protocol.LOCKED)])
+        self.verify(sorted(states), protocol.CHECKPOINTED)
 
     def thaw(self, states: dict[int, str]) -> None:
         """Bring every process back to running (restore all, then unlock all), and check that they are."""
         if self.toggle_only:
-            self._step("toggle", [p for p, s in states.items() if s == cuda.CHECKPOINTED])
+            self._step("toggle", [p for p, s in states.items() if s == protocol.CHECKPOINTED])
         else:
-            self._step("restore", [p for p, s in states.items() if s == cuda.CHECKPOINTED])
-            self._step("unlock", [p for p, s in states.items() if s in (cuda.CHECKPOINTED, cuda.LOCKED)])
-        self.verify(sorted(states), cuda.RUNNING)
+            self._step("restore", [p for p, s in states.items() if s == protocol.CHECKPOINTED])
+            self._step("unlock", [p for p, s in states.items() if s in (protocol.CHECKPOINTED, protocol.LOCKED)])
+        self.verify(sorted(states), protocol.RUNNING)
 
     def verify(self, pids: list[int], expected: str) -> None:
         """Query every process: each must be in ``expected`` (or gone).
@@ -236,12 +236,12 @@ class Freezer:
         state nobody could tell (the query did not run, or answered nonsense), with why."""
 
         def look(pid: int) -> tuple[int, str | None, str]:
-            result = self.sandbox.cuda(cuda.get_state(pid), self.timeouts.call_s)
+            result = self.sandbox.cuda(protocol.get_state(pid), self.timeouts.call_s)
             if not result.answered:
                 return pid, None, f"the query did not run ({result.describe()})"
             if not result.ok:
                 return pid, None, ""  # cuda-checkpoint answered: not a CUDA process
-            state = cuda.parse_state(result.stdout)
+            state = protocol.parse_state(result.stdout)
             return pid, state, "" if state is not None else f"unexpected output {result.stdout[:60]!r}"
 
         frozen: list[int] = []
@@ -249,7 +249,7 @@ class Freezer:
         for pid, state, why in self._parallel(look, pids):
             if why:
                 unknown[pid] = why
-            elif state in (cuda.LOCKED, cuda.CHECKPOINTED):
+            elif state in (protocol.LOCKED, protocol.CHECKPOINTED):
                 frozen.append(pid)
         return sorted(frozen), dict(sorted(unknown.items()))
 
@@ -263,14 +263,14 @@ class Freezer:
                 state, why = self.query(pid)
                 if state is None:
                     return pid, "" if gone(why) else f"state unknown ({why})"
-                if state == cuda.RUNNING:
+                if state == protocol.RUNNING:
                     return pid, ""
-                if state == cuda.FAILED:
+                if state == protocol.FAILED:
                     return pid, "process is in state failed"
                 if attempt == ROLLBACK_TRIES:
                     return pid, problem or f"still {state}"
-                steps = cuda.THAW_FROM[state]
-                if self.toggle_only and state == cuda.CHECKPOINTED:
+                steps = protocol.THAW_FROM[state]
+                if self.toggle_only and state == protocol.CHECKPOINTED:
                     steps = ("toggle",)
                 for name in steps:
                     failed = self._call(pid, name)

@@ -109,7 +109,7 @@ class Sandbox:
 
     def cuda(self, args: list[str], timeout: float) -> Result:
         """``runsc exec ID /usr/local/bin/cuda-checkpoint ARGS``; a timed-out call is abandoned, not killed."""
-        from runsc_cuda.cuda import CONTAINER_PATH
+        from runsc_cuda.cuda.protocol import CONTAINER_PATH
 
         argv = self.session.runsc_argv(["exec", self.id, CONTAINER_PATH, *args])
         result = self.session.runner.run(argv, timeout, kill_on_timeout=False)

@@ -28,12 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runsc_cuda import __version__, host, layout
+from runsc_cuda import __version__, layout
 from runsc_cuda import config as config_mod
-from runsc_cuda.argv import CommandLine
+from runsc_cuda.cuda import host
 from runsc_cuda.errors import ShimError
+from runsc_cuda.oci.argv import CommandLine
+from runsc_cuda.oci.runsc import ENV_RUNSC, child_environ, config_path, own_executable, resolve_runsc, which
 from runsc_cuda.runner import Runner
-from runsc_cuda.runtime import ENV_RUNSC, child_environ, config_path, own_executable, resolve_runsc, which
 
 NATIVE_FLAG = "cuda-checkpoint-path"
 NATIVE_RUNSC = "release-20260608.0"

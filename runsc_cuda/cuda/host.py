@@ -11,7 +11,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from runsc_cuda.runtime import which
+from runsc_cuda.oci.runsc import which
 
 CUDA_CHECKPOINT_CANDIDATES = (
     "/usr/bin/cuda-checkpoint",

@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runsc_cuda.argv import Flag, VerbArgs
 from runsc_cuda.config import Config
 from runsc_cuda.errors import ShimError
+from runsc_cuda.oci.argv import Flag, VerbArgs
 
 if TYPE_CHECKING:
     from runsc_cuda.session import Session
@@ -414,9 +414,9 @@ def annotations_of(doc: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _help(session: Session, verb: str) -> RunscHelp:
-    from runsc_cuda import engine
+    from runsc_cuda.oci import help
 
-    return RunscHelp.parse(engine.runsc_help(session, verb))
+    return RunscHelp.parse(help.runsc_help(session, verb))
 
 
 def _announce(session: Session, cid: str, plan: Plan) -> None:

@@ -15,8 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from runsc_cuda import schema
 from runsc_cuda.errors import ShimError
+from runsc_cuda.oci import schema
 
 CUDA_CHECKPOINT_DEST = "/usr/local/bin/cuda-checkpoint"
 # runsc compares mount options on restore: these never change.

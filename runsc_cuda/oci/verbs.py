@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from runsc_cuda.argv import Flag, VerbArgs, VerbFlags
 from runsc_cuda.errors import ShimError
+from runsc_cuda.oci.argv import Flag, VerbArgs, VerbFlags
 
 _HELP = frozenset({"h", "help"})
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runsc_cuda import cuda, engine, host, sidecar, spec, tuning
-from runsc_cuda.argv import Flag, VerbArgs
-from runsc_cuda.create import container_id, translated_args
+from runsc_cuda.commands.create import container_id, translated_args
+from runsc_cuda.cuda import host, protocol
+from runsc_cuda.cuda.freezer import Freezer, Interrupted, StepError, Timeouts
 from runsc_cuda.errors import ShimError
-from runsc_cuda.freeze import Freezer, Interrupted, StepError, Timeouts
+from runsc_cuda.image import sidecar, tuning
 from runsc_cuda.lock import container_lock
+from runsc_cuda.oci import help, spec
+from runsc_cuda.oci.argv import Flag, VerbArgs
+from runsc_cuda.oci.sandbox import ContainerState, Sandbox
 from runsc_cuda.runner import Result
-from runsc_cuda.sandbox import ContainerState, Sandbox
 from runsc_cuda.session import Session
 
 
@@ -98,8 +100,8 @@ def checkpoint(session: Session, args: VerbArgs, cid: str, image: str) -> int:
             return plain(session, Target(cid, tune.apply(args), sandbox.state(), image, tune))
     with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
         state = sandbox.state()
-        flags = engine.runsc_flags(session, "checkpoint")
-        chosen = engine.choose(cfg.engine, engine.NATIVE_FLAG in flags)
+        flags = help.runsc_flags(session, "checkpoint")
+        chosen = help.choose(cfg.engine, help.NATIVE_FLAG in flags)
         require_mount(cid, state)
         tune = tuning.for_checkpoint(session, cid, image, args, bundle.doc, gpu=True)
         target = Target(cid, tune.apply(args) if tune else args, state, image, tune)
@@ -122,7 +124,7 @@ def record(
     return sidecar.Sidecar(
         engine=engine_name,
         container=target.cid,
-        runsc_version=engine.runsc_version(session),
+        runsc_version=help.runsc_version(session),
         driver_version=info.driver_version,
         gpus=info.gpus,
         cuda_processes=procs,
@@ -148,8 +150,8 @@ def commit(session: Session, target: Target, entry: sidecar.Sidecar) -> None:
 
 def native(session: Session, sandbox: Sandbox, target: Target) -> int:
     args = target.args
-    if args.get(engine.NATIVE_FLAG) is None:
-        args = args.with_flag(Flag.make(engine.NATIVE_FLAG, cuda.CONTAINER_PATH))
+    if args.get(help.NATIVE_FLAG) is None:
+        args = args.with_flag(Flag.make(help.NATIVE_FLAG, protocol.CONTAINER_PATH))
     if session.config.sequential and args.get("cuda-checkpoint-sequential") is None:
         args = args.with_flag(Flag.make("cuda-checkpoint-sequential"))
     why = session.interrupted()
@@ -205,7 +207,7 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
             sandbox.resume()
             paused = False
         help_text = sandbox.cuda(["--help"], timeouts.call_s)
-        caps = cuda.Capabilities.from_help((help_text.stdout + help_text.stderr).decode("utf-8", errors="replace"))
+        caps = protocol.Capabilities.from_help((help_text.stdout + help_text.stderr).decode("utf-8", errors="replace"))
         if not caps.get_state:
             notes.append("runsc-cuda could not check the CUDA processes (this cuda-checkpoint has no --get-state)")
         else:
@@ -293,7 +295,7 @@ class ExecCheckpoint:
 
     def _check_capabilities(self) -> None:
         result = self.sandbox.cuda(["--help"], self.timeouts.call_s)
-        caps = cuda.Capabilities.from_help((result.stdout + result.stderr).decode("utf-8", errors="replace"))
+        caps = protocol.Capabilities.from_help((result.stdout + result.stderr).decode("utf-8", errors="replace"))
         if not caps.get_state:
             raise ShimError(
                 "the container's cuda-checkpoint has no --get-state (NVIDIA driver older than 555); "
@@ -324,11 +326,11 @@ class ExecCheckpoint:
         self._log("save", "runsc saved the sandbox")
         if self.leave_running:
             self.ensure_running()
-            freezer.thaw({pid: cuda.CHECKPOINTED for pid in self.cuda_pids})
+            freezer.thaw({pid: protocol.CHECKPOINTED for pid in self.cuda_pids})
             for name in ("toggle", "restore", "unlock"):
                 self._log(name, "done")
             self.restore_pause()
-        procs = tuple(sidecar.CudaProcess(pid, states[pid], cuda.CHECKPOINTED) for pid in self.cuda_pids)
+        procs = tuple(sidecar.CudaProcess(pid, states[pid], protocol.CHECKPOINTED) for pid in self.cuda_pids)
         entry = record(self.session, self.target, "exec", procs, freezer.timings())
         freezer.check_interrupt()
         commit(self.session, self.target, entry)

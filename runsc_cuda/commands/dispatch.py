@@ -6,26 +6,26 @@ import traceback
 from collections.abc import Callable, Mapping
 
 from runsc_cuda import logs
-from runsc_cuda.argv import CommandLine
 from runsc_cuda.errors import ShimError
+from runsc_cuda.oci.argv import CommandLine
 from runsc_cuda.session import Session, open_session, runtime_log_for
 from runsc_cuda.signals import StopFlag, deferred_stop
 
 
 def _create(session: Session) -> int:
-    from runsc_cuda import create
+    from runsc_cuda.commands import create
 
     return create.handle(session)
 
 
 def _checkpoint(session: Session) -> int:
-    from runsc_cuda import checkpoint
+    from runsc_cuda.commands import checkpoint
 
     return checkpoint.handle(session)
 
 
 def _restore(session: Session) -> int:
-    from runsc_cuda import restore
+    from runsc_cuda.commands import restore
 
     return restore.handle(session)
 
@@ -39,7 +39,7 @@ HANDLERS: dict[str, Callable[[Session], int]] = {
 
 
 def _doctor(cmd: CommandLine, environ: Mapping[str, str]) -> int:
-    from runsc_cuda import doctor
+    from runsc_cuda.commands.doctor import main as doctor
 
     return doctor.main(cmd, environ)
 
