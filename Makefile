@@ -21,9 +21,10 @@ $(VENV)/.dist-installed: $(VENV)/.installed
 test: lint deb
 	RUNSC_CUDA_TEST_BINARY="$$($(BUILD) binary-path)" RUNSC_CUDA_TEST_DEB="$$($(BUILD) deb-path)" $(PY) -m pytest -q
 
-# The quick loop while developing: lint and the suite against the Python entry point only.
+# The quick loop while developing: lint, then the unit and shim tiers against the Python entry point only
+# (the reliability, e2e and GPU tiers run in `make test`).
 check: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/unit tests/shim
 
 lint: venv
 	$(VENV)/bin/ruff check runsc_cuda tests bench scripts packaging

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from runsc_cuda.errors import ShimError
-from runsc_cuda.oci.runsc import ENV_CONFIG, config_path
+from runsc_cuda.oci.runsc import read_config_text
 
 ENGINES = ("auto", "native", "exec")
 TUNING_SCOPES = ("gpu", "all", "off")
@@ -211,20 +211,6 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
 
 def load(environ: Mapping[str, str]) -> Config:
     """The effective config: defaults, then the file, then the environment."""
-    path = config_path(environ)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        if ENV_CONFIG in environ:
-            raise ShimError(f"config file {path} (from {ENV_CONFIG}) does not exist") from None
-        cfg = Config()
-    except IsADirectoryError:
-        raise ShimError(f"config file {path}: is a directory") from None
-    except OSError as e:
-        raise ShimError(f"cannot read config file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ShimError(f"config file {path}: not UTF-8 text") from None
-    else:
-        cfg = parse_text(text, path)
+    path, text = read_config_text(environ)
+    cfg = Config() if text is None else parse_text(text, path)
     return _apply(cfg, env_overrides(environ), "environment", from_env=True)

@@ -16,6 +16,9 @@ BIN_PATH = "/usr/bin/runsc-cuda"
 LIB_DIR = "/usr/lib/runsc-cuda"
 CONFIG_PATH = DEFAULT_CONFIG
 DOC_DIR = "/usr/share/doc/runsc-cuda"
+# Where runsc-cuda mounts the host's cuda-checkpoint in a GPU container (read-only), and so the
+# path the exec engine runs and the native engine's --cuda-checkpoint-path names.
+CONTAINER_CUDA_CHECKPOINT = "/usr/local/bin/cuda-checkpoint"
 # What the engines' configs are read from by default.
 DOCKER_CONFIG = "/etc/docker/daemon.json"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -135,6 +136,14 @@ def detail_logger(path: str | None, level: str) -> logging.Logger:
     return logger
 
 
+@dataclass(frozen=True)
+class Note:
+    """Something a pure function wants said, and how loudly (a key of ``LEVELS``)."""
+
+    level: str
+    text: str
+
+
 class Reporter:
     """Sends each message to the sinks that should see it."""
 
@@ -168,6 +177,11 @@ class Reporter:
         self._detail("warning", message, fields)
         if self.runtime_log is not None:
             self.runtime_log.write("warning", f"runsc-cuda: {message}")
+
+    def note(self, note: Note, **fields: Any) -> None:
+        {"debug": self.debug, "info": self.info, "warning": self.warning, "error": self.error}[note.level](
+            note.text, **fields
+        )
 
     def error(self, message: str, **fields: Any) -> None:
         """All three sinks; the runtime-log line is the one containerd will show."""

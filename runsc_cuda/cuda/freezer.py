@@ -1,6 +1,6 @@
 """The exec engine: freezing and thawing CUDA processes inside a sandbox with cuda-checkpoint.
 
-Rules (NVIDIA cuda-checkpoint, see DESIGN.md):
+Rules (NVIDIA cuda-checkpoint; docs/design.md, "The freeze rules"):
 - probe every candidate with ``--get-state`` *before* locking any (a call on one
   process while a coupled one is locked can hang); the ones that answer are CUDA
   processes;
@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from runsc_cuda import words
 from runsc_cuda.cuda import protocol
 from runsc_cuda.runner import Result
 
@@ -30,7 +31,17 @@ R = TypeVar("R")
 
 
 class CudaCaller(Protocol):
+    """Runs cuda-checkpoint in the sandbox (``runsc exec``); a call past its timeout is abandoned, not killed."""
+
     def cuda(self, args: list[str], timeout: float) -> Result: ...
+
+    def abandoned(self) -> int:
+        """How many calls outlived their timeout so far."""
+        ...
+
+    def wait_abandoned(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for the abandoned calls to end; how many are still running."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,28 @@ ROLLBACK_TRIES = 3  # rounds of (query, thaw actions) per process before rollbac
 
 def gone(why: str) -> bool:
     """Whether a failed ``--get-state`` says the process no longer exists (nothing left to thaw)."""
-    return "does not exist" in why or "no such process" in why.lower()
+    return words.says_gone(why, words.CUDA_PROCESS_GONE)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one ``--get-state`` call told: a state, or why there is none.
+
+    ``state`` is set when cuda-checkpoint printed one.  Otherwise ``unknown``
+    says why nobody could tell (the call timed out, did not run, or printed
+    nonsense) and is empty when cuda-checkpoint answered with a failure: a
+    process with no CUDA state (not a CUDA process, or gone; ``refusal`` has
+    its words).
+    """
+
+    state: str | None
+    unknown: str = ""
+    refusal: str = ""
+    timed_out: bool = False
+
+    @property
+    def why(self) -> str:
+        return self.unknown or self.refusal
 
 
 @dataclass
@@ -129,15 +161,24 @@ class Freezer:
             result = self.sandbox.cuda(protocol.action(name, pid), self.timeouts.call_s)
         return None if result.ok else result.describe()
 
-    def query(self, pid: int) -> tuple[str | None, str]:
-        """(state, '') or (None, why the state could not be read)."""
+    def read_state(self, pid: int, call: str = "query") -> Reading:
+        """One ``--get-state`` of ``pid``, classified (``call`` names it in the reasons)."""
         result = self.sandbox.cuda(protocol.get_state(pid), self.timeouts.call_s)
+        if result.timed_out:
+            return Reading(None, "timed out", timed_out=True)
+        if not result.answered:  # runsc exec failed, or was killed: cuda-checkpoint never answered
+            return Reading(None, f"the {call} did not run ({result.describe()})")
         if not result.ok:
-            return None, result.describe()
+            return Reading(None, refusal=result.describe())
         state = protocol.parse_state(result.stdout)
         if state is None:
-            return None, f"unexpected output {result.stdout[:60]!r}"
-        return state, ""
+            return Reading(None, f"unexpected output {result.stdout[:60]!r}")
+        return Reading(state)
+
+    def query(self, pid: int) -> tuple[str | None, str]:
+        """(state, '') or (None, why the state could not be read)."""
+        reading = self.read_state(pid)
+        return reading.state, reading.why
 
     # --- the steps ------------------------------------------------------------------
 
@@ -145,18 +186,8 @@ class Freezer:
         """Probe every PID (in parallel, nothing locked yet); the CUDA ones and their states."""
 
         def probe(pid: int) -> tuple[int, str | None, str]:
-            result = self.sandbox.cuda(protocol.get_state(pid), self.timeouts.call_s)
-            if result.timed_out:
-                return pid, None, "timed out"
-            if not result.answered:
-                # runsc exec failed, or was killed: cuda-checkpoint never answered.
-                return pid, None, f"the probe did not run ({result.describe()})"
-            if not result.ok:
-                return pid, None, ""  # cuda-checkpoint answered: not a CUDA process
-            state = protocol.parse_state(result.stdout)
-            if state is None:
-                return pid, None, f"unexpected output {result.stdout[:60]!r}"
-            return pid, state, ""
+            reading = self.read_state(pid, "probe")
+            return pid, reading.state, reading.unknown  # a refusal: not a CUDA process
 
         def run() -> dict[int, str]:
             found: dict[int, str] = {}
@@ -236,13 +267,8 @@ class Freezer:
         state nobody could tell (the query did not run, or answered nonsense), with why."""
 
         def look(pid: int) -> tuple[int, str | None, str]:
-            result = self.sandbox.cuda(protocol.get_state(pid), self.timeouts.call_s)
-            if not result.answered:
-                return pid, None, f"the query did not run ({result.describe()})"
-            if not result.ok:
-                return pid, None, ""  # cuda-checkpoint answered: not a CUDA process
-            state = protocol.parse_state(result.stdout)
-            return pid, state, "" if state is not None else f"unexpected output {result.stdout[:60]!r}"
+            reading = self.read_state(pid)
+            return pid, reading.state, reading.unknown  # a refusal: not a CUDA process
 
         frozen: list[int] = []
         unknown: dict[int, str] = {}
@@ -252,6 +278,21 @@ class Freezer:
             elif state in (protocol.LOCKED, protocol.CHECKPOINTED):
                 frozen.append(pid)
         return sorted(frozen), dict(sorted(unknown.items()))
+
+    def recover(self, pids: list[int]) -> dict[int, str]:
+        """Bring every process of ``pids`` back to running from whatever state it is in: the one
+        recovery after a failed freeze, a failed thaw, or a save runsc did not finish.
+
+        A call that outlived its timeout may still change a state, and a call on one process
+        while another is mid-operation can hang: those calls are waited for first (never
+        killed), then every process is queried and thawed.  Returns what is still not running,
+        by PID (0: calls that were still running after the wait).
+        """
+        still = self.sandbox.wait_abandoned(self.timeouts.lock_call_s) if self.sandbox.abandoned() else 0
+        problems = self.rollback(pids) if pids else {}
+        if still:
+            problems[0] = f"{still} cuda-checkpoint call(s) still running"
+        return problems
 
     def rollback(self, pids: list[int]) -> dict[int, str]:
         """Query each process and bring it back to running. Returns the PIDs that are not."""

@@ -8,13 +8,13 @@ be queried again: a failed checkpoint does not promise the process is still lock
 
 from __future__ import annotations
 
+from runsc_cuda import words
+
 RUNNING = "running"
 LOCKED = "locked"
 CHECKPOINTED = "checkpointed"
 FAILED = "failed"
 STATES = (RUNNING, LOCKED, CHECKPOINTED, FAILED)
-
-CONTAINER_PATH = "/usr/local/bin/cuda-checkpoint"
 
 # The actions that bring a process from a state back to running.
 THAW_FROM: dict[str, tuple[str, ...]] = {
@@ -68,7 +68,7 @@ class Capabilities:
 
     @classmethod
     def from_help(cls, text: str) -> Capabilities:
-        return cls("--get-state" in text, "--action" in text, "--toggle" in text)
+        return cls(words.CUDA_HELP_GET_STATE in text, words.CUDA_HELP_ACTION in text, words.CUDA_HELP_TOGGLE in text)
 
     def __repr__(self) -> str:
         return f"Capabilities(get_state={self.get_state}, actions={self.actions}, toggle={self.toggle})"

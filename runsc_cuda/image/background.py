@@ -26,18 +26,16 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from runsc_cuda import logs
+from runsc_cuda import logs, words
+from runsc_cuda.oci.sandbox import UP, Sandbox
 from runsc_cuda.session import Session
 from runsc_cuda.signals import forwarded_to
-
-# Words in runsc's message when the sandbox was gone before `wait --restore` reached it.
-GONE = ("connection refused", "sandbox is not running", "no longer running", "no such file or directory")
 
 
 def failure_message(cid: str, image: str | None, reason: str) -> str:
     """The runtime-log line for a background load that did not finish."""
     source = f" from {image}" if image else ""
-    if any(word in reason.lower() for word in GONE):
+    if words.says_gone(reason, words.RUNSC_SANDBOX_GONE):
         return (
             f"background restore of {cid} failed: the sandbox stopped before all of its memory was loaded{source} "
             f"(runsc wait --restore: {reason}); runsc kills a sandbox whose background page load fails and says why "
@@ -111,30 +109,14 @@ def start(session: Session, cid: str, image: str | None) -> None:
         os._exit(code)
 
 
-def wait_running(session: Session, cid: str, child: subprocess.Popen[bytes], poll_s: float = 0.05) -> bool:
-    """An attached runsc restore: True once the container runs, False when runsc restore ended first."""
-    from runsc_cuda.oci.sandbox import Sandbox
-
-    sandbox = Sandbox(session, cid)
-    deadline = time.monotonic() + session.config.checkpoint_timeout_s
-    while time.monotonic() < deadline and child.poll() is None:
-        state = sandbox.try_state()
-        if state is not None and state.status in ("running", "paused"):
-            return True
-        time.sleep(poll_s)
-    return False
-
-
 def restore_and_watch(session: Session, argv: list[str], cid: str, image: str | None, detach: bool) -> int:
     """Run ``runsc restore --background`` as a child (not exec: its exit status decides), then watch its load.
 
     The exit status, output and pid file are runsc's own; signals are forwarded to it.
     """
     if not detach:
-        from runsc_cuda.oci.sandbox import Sandbox
-
         before = Sandbox(session, cid).try_state()
-        if before is not None and before.status in ("running", "paused"):
+        if before is not None and before.status in UP:
             session.become_runsc(argv[1:])  # runsc refuses it and says why
     child = subprocess.Popen(argv, env=session.runner.environ)
     with forwarded_to(child):
@@ -143,7 +125,7 @@ def restore_and_watch(session: Session, argv: list[str], cid: str, image: str | 
             if code == 0:
                 start(session, cid, image)
         else:
-            if wait_running(session, cid, child):
+            if Sandbox(session, cid).wait_up(child):
                 start(session, cid, image)
             code = child.wait()
     return code if code >= 0 else 128 - code

@@ -19,14 +19,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from runsc_cuda import words
 from runsc_cuda.config import Config
-from runsc_cuda.errors import ShimError
+from runsc_cuda.errors import refusal
+from runsc_cuda.oci import help
 from runsc_cuda.oci.argv import Flag, VerbArgs
+from runsc_cuda.oci.help import RunscHelp
 
 if TYPE_CHECKING:
     from runsc_cuda.session import Session
@@ -38,8 +40,6 @@ FALLBACK_COMPRESSIONS = ("none", "flate-best-speed")
 STATE_FILE = "checkpoint.img"
 PAGES_META_FILE = "pages_meta.img"
 PAGES_FILE = "pages.img"
-TRUE_WORDS = ("true", "1", "yes", "on")
-FALSE_WORDS = ("false", "0", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -81,47 +81,6 @@ class Setting:
 UNSET = Setting(None, "unset")
 
 
-# --- what the installed runsc knows --------------------------------------------------
-
-
-_FLAG_LINE = re.compile(r"^\s+-{1,2}([A-Za-z0-9][\w-]*)(?:[ \t]+(\S.*))?$")
-
-
-@dataclass(frozen=True)
-class RunscHelp:
-    """``runsc help VERB``: its flags, their documented defaults, the compression names."""
-
-    flags: frozenset[str] = frozenset()
-    defaults: Mapping[str, str] = field(default_factory=dict)
-    compressions: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> RunscHelp:
-        flags: set[str] = set()
-        about: dict[str, str] = {}
-        current: str | None = None
-        for line in text.splitlines():
-            match = _FLAG_LINE.match(line)
-            if match and not line.startswith(("    \t", "\t")):
-                current = match.group(1)
-                flags.add(current)
-                rest = match.group(2) or ""
-                about[current] = rest.split("\t", 1)[1] if "\t" in rest else ""
-            elif current is not None and line.strip():
-                about[current] = f"{about[current]} {line.strip()}".strip()
-        defaults: dict[str, str] = {}
-        for name, text_ in about.items():
-            found = re.search(r"\(default ([^)]*)\)\s*$", text_)
-            if found:
-                defaults[name] = found.group(1).strip().strip('"')
-        values = re.search(r"Values:\s*([\w|-]+)", about.get("compression", ""))
-        compressions = tuple(v for v in values.group(1).split("|") if v) if values else ()
-        return cls(frozenset(flags), defaults, compressions)
-
-    def knows(self, flag: str) -> bool:
-        return flag in self.flags
-
-
 # --- what is wanted ------------------------------------------------------------------
 
 
@@ -131,12 +90,10 @@ def in_scope(cfg: Config, gpu: bool) -> bool:
 
 
 def _bool_word(value: str, where: str) -> bool:
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ShimError(f'{where}: expected "true" or "false", got {value[:40]!r}')
+    found = words.parse_bool(value)
+    if found is None:
+        raise refusal(f'{where}: expected "true" or "false", got {value[:40]!r}')
+    return found
 
 
 def read_annotations(annotations: Mapping[str, str]) -> dict[Knob, Setting]:
@@ -149,9 +106,9 @@ def read_annotations(annotations: Mapping[str, str]) -> dict[Knob, Setting]:
         where = f'annotation "{name}"'
         if knob is None:
             known = ", ".join(sorted(ANNOTATIONS))
-            raise ShimError(f"{where}: unknown; runsc-cuda knows {known}")
+            raise refusal(f"{where}: unknown; runsc-cuda knows {known}")
         if not isinstance(value, str):
-            raise ShimError(f"{where}: expected a string")
+            raise refusal(f"{where}: expected a string")
         if knob.kind == "bool":
             out[knob] = Setting(_bool_word(value, where), where)
         else:
@@ -239,9 +196,9 @@ def checkpoint_plan(
     else:
         names = ckpt_help.compressions or FALLBACK_COMPRESSIONS
         if comp.value not in names:
-            raise ShimError(
-                f"cannot checkpoint {cid}: compression {comp.value!r} ({comp.source}) is not one this runsc knows "
-                f"({', '.join(names)}); nothing was frozen"
+            raise refusal(
+                f"compression {comp.value!r} ({comp.source}) is not one this runsc knows "
+                f"({', '.join(names)})"
             )
         compression = str(comp.value)
         sources["compression"] = comp.source
@@ -283,11 +240,11 @@ def checkpoint_plan(
 
     if background.value and restore_help.knows("background") and compression not in (None, "none"):
         why = sources.get("compression", comp.source)
-        raise ShimError(
-            f"cannot checkpoint {cid}: background restore ({background.source}) needs an uncompressed image, but "
+        raise refusal(
+            f"background restore ({background.source}) needs an uncompressed image, but "
             f"compression is {compression} ({why}); use compression none, or turn background restore "
             f'off for this container (annotation {ANNOTATION_PREFIX}restore.background="false") or for all '
-            "(restore_background = false in the config); nothing was frozen"
+            "(restore_background = false in the config)"
         )
     return Plan("checkpoint", tuple(add), used, sources, tuple(notes))
 
@@ -413,12 +370,6 @@ def annotations_of(doc: Mapping[str, Any]) -> dict[str, str]:
 # --- for the verb handlers -----------------------------------------------------------
 
 
-def _help(session: Session, verb: str) -> RunscHelp:
-    from runsc_cuda.oci import help
-
-    return RunscHelp.parse(help.runsc_help(session, verb))
-
-
 def _announce(session: Session, cid: str, plan: Plan) -> None:
     session.report.info(
         f"{plan.verb} of {cid}: runsc-cuda adds {plan.describe()}",
@@ -429,13 +380,8 @@ def _announce(session: Session, cid: str, plan: Plan) -> None:
         session.report.info(f"{plan.verb} of {cid}: {note}", container=cid)
 
 
-def _annotated(cfg: Config, doc: Mapping[str, Any], what: str) -> dict[Knob, Setting]:
-    if cfg.tuning == "off":
-        return {}
-    try:
-        return read_annotations(annotations_of(doc))
-    except ShimError as e:
-        raise ShimError(f"{what}: {e}", e.exit_code) from None
+def _annotated(cfg: Config, doc: Mapping[str, Any]) -> dict[Knob, Setting]:
+    return {} if cfg.tuning == "off" else read_annotations(annotations_of(doc))
 
 
 def for_checkpoint(
@@ -443,7 +389,7 @@ def for_checkpoint(
 ) -> Plan | None:
     """The checkpoint's tuning (None: runsc-cuda adds nothing and may pass the call through)."""
     cfg = session.config
-    annotated = _annotated(cfg, doc, f"cannot checkpoint {cid} (nothing was frozen)")
+    annotated = _annotated(cfg, doc)
     if not applies(cfg, annotated, gpu):
         return None
     want = wanted("checkpoint", cfg, annotated, args, gpu)
@@ -452,7 +398,7 @@ def for_checkpoint(
     if want["direct"].value and args.get("direct") is None:
         direct_ok = o_direct_creatable(nearest_folder(image))
     plan = checkpoint_plan(
-        cid, want, background, _help(session, "checkpoint"), _help(session, "restore"), args, direct_ok
+        cid, want, background, help.read(session, "checkpoint"), help.read(session, "restore"), args, direct_ok
     )
     _announce(session, cid, plan)
     return plan
@@ -463,12 +409,12 @@ def for_restore(
 ) -> Plan | None:
     """The restore's tuning, fitted to the image (None: runsc-cuda adds nothing)."""
     cfg = session.config
-    annotated = _annotated(cfg, doc, f"cannot restore {cid}")
+    annotated = _annotated(cfg, doc)
     if not applies(cfg, annotated, gpu):
         return None
     want = wanted("restore", cfg, annotated, args, gpu)
     facts = image_facts(image) if image else ImageFacts(pages_file=False, direct_ok=False)
-    can_watch = bool(want["background"].value) and _help(session, "wait").knows("restore")
-    plan = restore_plan(cid, want, _help(session, "restore"), can_watch, args, facts)
+    can_watch = bool(want["background"].value) and help.read(session, "wait").knows("restore")
+    plan = restore_plan(cid, want, help.read(session, "restore"), can_watch, args, facts)
     _announce(session, cid, plan)
     return plan

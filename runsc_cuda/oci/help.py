@@ -1,8 +1,10 @@
-"""Which checkpoint engine to use, and what the installed runsc can do.
+"""What the installed runsc can do, read from its own help: one reader, one cache, one parser.
 
-native: runsc >= release-20260608 toggles CUDA processes itself
-(``checkpoint --cuda-checkpoint-path``) and thaws them on restore.
-exec: runsc-cuda orchestrates cuda-checkpoint through ``runsc exec``.
+``runsc help VERB`` is asked once per runsc binary and verb: the answers are
+kept in ``state_dir`` (a tmpfs under /run by default) keyed by the binary's
+identity, since every checkpoint and restore needs two or three of them and
+each costs a runsc start (20-40 ms).  Features are found from flags, never from
+version strings (a source build has none).
 """
 
 from __future__ import annotations
@@ -11,17 +13,71 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from runsc_cuda import files
-from runsc_cuda.errors import ShimError
-from runsc_cuda.session import Session
+from runsc_cuda import files, words
 
-NATIVE_FLAG = "cuda-checkpoint-path"
+if TYPE_CHECKING:
+    from runsc_cuda.session import Session
 
-
-_HELP_CACHE: dict[tuple[str, str], str] = {}
 HELP_FILE = "runsc-help.json"
 HELP_FILE_MAX = 1 << 20
+
+_FLAG_LINE = re.compile(words.RUNSC_HELP_FLAG_LINE)
+_DEFAULT = re.compile(words.RUNSC_HELP_DEFAULT)
+_VALUES = re.compile(words.RUNSC_HELP_VALUES)
+
+
+@dataclass(frozen=True)
+class RunscHelp:
+    """``runsc help VERB``: its flags, their documented defaults, the compression names."""
+
+    flags: frozenset[str] = frozenset()
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    compressions: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> RunscHelp:
+        flags: set[str] = set()
+        about: dict[str, str] = {}
+        current: str | None = None
+        for line in text.splitlines():
+            match = _FLAG_LINE.match(line)
+            if match and not line.startswith(("    \t", "\t")):
+                current = match.group(1)
+                flags.add(current)
+                rest = match.group(2) or ""
+                about[current] = rest.split("\t", 1)[1] if "\t" in rest else ""
+            elif current is not None and line.strip():
+                about[current] = f"{about[current]} {line.strip()}".strip()
+        defaults: dict[str, str] = {}
+        for name, doc in about.items():
+            found = _DEFAULT.search(doc)
+            if found:
+                defaults[name] = found.group(1).strip().strip('"')
+        values = _VALUES.search(about.get("compression", ""))
+        compressions = tuple(v for v in values.group(1).split("|") if v) if values else ()
+        return cls(frozenset(flags), defaults, compressions)
+
+    def knows(self, flag: str) -> bool:
+        return flag in self.flags
+
+
+def parse_version(text: str) -> str | None:
+    """``runsc version X`` -> X (None when no such line: not runsc, or it printed nothing)."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and tuple(parts[:2]) == words.RUNSC_VERSION_WORDS:
+            return parts[2]
+    return None
+
+
+# --- the cache ----------------------------------------------------------------------------
+
+
+_MEMORY: dict[tuple[str, str], str] = {}
 
 
 def _binary_key(path: str) -> list[object] | None:
@@ -51,50 +107,32 @@ def _save_help_file(path: str, key: list[object], texts: dict[str, str]) -> None
         files.write_atomic(path, json.dumps({"binary": key, "help": texts}), durable=False)
 
 
-def runsc_help(session: Session, verb: str) -> str:
-    """``runsc help VERB`` (empty when runsc cannot say).
-
-    Asked once per runsc binary: the answers are kept in ``state_dir`` (a tmpfs
-    under /run by default) keyed by the binary's identity, since every
-    checkpoint and restore needs two or three of them and each costs a runsc
-    start (20-40 ms).
-    """
+def help_text(session: Session, verb: str) -> str:
+    """``runsc help VERB`` (empty when runsc cannot say), asked once per runsc binary."""
     mem_key = (session.runsc, verb)
-    if mem_key in _HELP_CACHE:
-        return _HELP_CACHE[mem_key]
+    if mem_key in _MEMORY:
+        return _MEMORY[mem_key]
     binary = _binary_key(session.runsc)
     path = os.path.join(session.config.state_dir, HELP_FILE)
     saved = _load_help_file(path, binary) if binary is not None else {}
     if verb in saved:
-        _HELP_CACHE[mem_key] = saved[verb]
+        _MEMORY[mem_key] = saved[verb]
         return saved[verb]
     result = session.call_runsc(["help", verb])
     text = (result.stdout + result.stderr).decode("utf-8", errors="replace")
-    _HELP_CACHE[mem_key] = text
+    _MEMORY[mem_key] = text
     if binary is not None and result.ok:
         _save_help_file(path, binary, {**saved, verb: text})
     return text
 
 
-def runsc_flags(session: Session, verb: str) -> set[str]:
-    """The flags ``runsc help VERB`` lists (empty when runsc cannot say)."""
-    text = runsc_help(session, verb)
-    return set(re.findall(r"^\s+-{1,2}([A-Za-z0-9][\w-]*)", text, flags=re.MULTILINE))
+def read(session: Session, verb: str) -> RunscHelp:
+    """What ``runsc help VERB`` says, parsed."""
+    return RunscHelp.parse(help_text(session, verb))
 
 
-def choose(configured: str, runsc_has_native: bool) -> str:
-    """The engine to run: a pure function of the config and runsc's abilities."""
-    if configured == "auto":
-        return "native" if runsc_has_native else "exec"
-    if configured == "native" and not runsc_has_native:
-        raise ShimError(
-            "engine = native, but this runsc's checkpoint has no --cuda-checkpoint-path "
-            "(it arrived in release-20260608.0); upgrade runsc or set engine = exec"
-        )
-    return configured
-
-
-def runsc_version(session: Session) -> str:
+def version(session: Session) -> str:
+    """The first line of ``runsc --version`` (bounded), for the image sidecar."""
     result = session.call_runsc(["--version"])
     first = result.stdout.decode("utf-8", errors="replace").strip().splitlines()
     return first[0][:200] if first else ""

@@ -95,23 +95,36 @@ def fast_config_runsc(text: str) -> tuple[bool, str | None]:
     return True, found
 
 
+def read_config_text(environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """The config file's path and text (None: the default file is absent, so defaults apply).
+
+    The one reader of the file, for the pass-through path and the full parser
+    alike; ShimError when it cannot be read, or was named and is missing.
+    """
+    path = config_path(environ)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return path, f.read()
+    except FileNotFoundError:
+        if ENV_CONFIG in environ:
+            raise ShimError(f"config file {path} (from {ENV_CONFIG}) does not exist") from None
+        return path, None
+    except IsADirectoryError:
+        raise ShimError(f"config file {path}: is a directory") from None
+    except OSError as e:
+        raise ShimError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ShimError(f"config file {path}: not UTF-8 text") from None
+
+
 def configured_runsc(environ: Mapping[str, str]) -> str | None:
     """The runsc named by env or config file, or None to search PATH."""
     from_env = environ.get(ENV_RUNSC)
     if from_env:
         return from_env
-    path = config_path(environ)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        if ENV_CONFIG in environ:
-            raise ShimError(f"config file {path} (from {ENV_CONFIG}) does not exist") from None
+    path, text = read_config_text(environ)
+    if text is None:
         return None
-    except OSError as e:
-        raise ShimError(f"cannot read config file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ShimError(f"config file {path}: not UTF-8 text") from None
     sure, value = fast_config_runsc(text)
     if sure:
         return value

@@ -7,13 +7,17 @@ PIDs are validated and output is bounded (by the runner).
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from runsc_cuda import layout
 from runsc_cuda.errors import ShimError
 from runsc_cuda.runner import Result
 from runsc_cuda.session import Session
 
+UP = ("running", "paused")  # a container that exists and has processes (runsc's lowercase statuses)
 PID_MAX = 4_194_304  # Linux PID_MAX_LIMIT; gVisor uses the same bound
 MAX_PIDS = 65_536
 
@@ -107,11 +111,26 @@ class Sandbox:
         if not result.ok:
             raise ShimError(f"runsc resume {self.id} failed: {result.describe()}")
 
+    def is_up(self) -> bool | None:
+        """Whether the container exists with its processes (running or paused); None when runsc
+        could not say (twice: a failed look is not a gone container)."""
+        state = self.try_state() or self.try_state()
+        return None if state is None else state.status in UP
+
+    def wait_up(self, child: subprocess.Popen[bytes], poll_s: float = 0.05) -> bool:
+        """A restore that runs as ``child``: True once the container is up, False when ``child``
+        ended first or ``checkpoint_timeout_s`` passed."""
+        deadline = time.monotonic() + self.session.config.checkpoint_timeout_s
+        while time.monotonic() < deadline and child.poll() is None:
+            state = self.try_state()
+            if state is not None and state.status in UP:
+                return True
+            time.sleep(poll_s)
+        return False
+
     def cuda(self, args: list[str], timeout: float) -> Result:
         """``runsc exec ID /usr/local/bin/cuda-checkpoint ARGS``; a timed-out call is abandoned, not killed."""
-        from runsc_cuda.cuda.protocol import CONTAINER_PATH
-
-        argv = self.session.runsc_argv(["exec", self.id, CONTAINER_PATH, *args])
+        argv = self.session.runsc_argv(["exec", self.id, layout.CONTAINER_CUDA_CHECKPOINT, *args])
         result = self.session.runner.run(argv, timeout, kill_on_timeout=False)
         self.session.report.debug(
             "cuda-checkpoint call",
@@ -121,3 +140,16 @@ class Sandbox:
             timed_out=result.timed_out,
         )
         return result
+
+    def cuda_help(self, timeout: float) -> str:
+        """``cuda-checkpoint --help`` inside the sandbox (what this driver's tool can do)."""
+        result = self.cuda(["--help"], timeout)
+        return (result.stdout + result.stderr).decode("utf-8", errors="replace")
+
+    def abandoned(self) -> int:
+        """How many cuda-checkpoint calls outlived their timeout so far (abandoned, never killed)."""
+        return self.session.runner.abandoned_total
+
+    def wait_abandoned(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for the abandoned calls to end; how many still run."""
+        return self.session.runner.reap(timeout)

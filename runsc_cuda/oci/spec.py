@@ -15,10 +15,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from runsc_cuda import layout, words
 from runsc_cuda.errors import ShimError
+from runsc_cuda.logs import Note
 from runsc_cuda.oci import schema
 
-CUDA_CHECKPOINT_DEST = "/usr/local/bin/cuda-checkpoint"
 # runsc compares mount options on restore: these never change.
 CUDA_CHECKPOINT_OPTIONS = ("rbind", "ro", "nosuid", "nodev")
 GPU_OVERRIDE = "dev.runsc-cuda.gpu"
@@ -108,10 +109,10 @@ def gpu_request(doc: dict[str, Any]) -> GpuRequest:
     annotations = doc.get("annotations") or {}
     override = annotations.get(GPU_OVERRIDE)
     if override is not None:
-        word = override.strip().lower()
-        if word not in ("true", "false"):
+        wanted = words.parse_bool(override)
+        if wanted is None:
             raise ShimError(f'config.json: annotations["{GPU_OVERRIDE}"]: expected "true" or "false", got {override!r}')
-        return GpuRequest(word == "true", f"annotation {GPU_OVERRIDE}={word}")
+        return GpuRequest(wanted, f"annotation {GPU_OVERRIDE}={str(wanted).lower()}")
     for device in (doc.get("linux") or {}).get("devices") or []:
         if device["path"].startswith("/dev/nvidia"):
             return GpuRequest(True, f"linux.devices has {device['path']}")
@@ -140,7 +141,7 @@ def gpu_request(doc: dict[str, Any]) -> GpuRequest:
 
 def cuda_checkpoint_mount(host_path: str) -> dict[str, Any]:
     return {
-        "destination": CUDA_CHECKPOINT_DEST,
+        "destination": layout.CONTAINER_CUDA_CHECKPOINT,
         "type": "bind",
         "source": host_path,
         "options": list(CUDA_CHECKPOINT_OPTIONS),
@@ -150,7 +151,7 @@ def cuda_checkpoint_mount(host_path: str) -> dict[str, Any]:
 def is_our_mount(mount: dict[str, Any]) -> bool:
     """A mount runsc-cuda wrote (or an identical one): same destination, type and options."""
     return (
-        mount.get("destination") == CUDA_CHECKPOINT_DEST
+        mount.get("destination") == layout.CONTAINER_CUDA_CHECKPOINT
         and mount.get("type") == "bind"
         and sorted(mount.get("options") or []) == sorted(CUDA_CHECKPOINT_OPTIONS)
     )
@@ -176,27 +177,39 @@ class Patch:
     """The result of patching: the new document (None when nothing changes) and notes."""
 
     doc: dict[str, Any] | None
-    notes: tuple[str, ...]
+    notes: tuple[Note, ...]
 
 
 def patch(doc: dict[str, Any], host_cuda_checkpoint: str | None) -> Patch:
     """Add the cuda-checkpoint bind mount to a GPU spec; idempotent."""
-    existing = mount_at(doc, CUDA_CHECKPOINT_DEST)
+    existing = mount_at(doc, layout.CONTAINER_CUDA_CHECKPOINT)
     if existing is not None:
         if is_our_mount(existing):
-            return Patch(None, (f"{CUDA_CHECKPOINT_DEST} is already mounted from {existing.get('source')}",))
+            return Patch(
+                None,
+                (
+                    Note(
+                        "debug", f"{layout.CONTAINER_CUDA_CHECKPOINT} is already mounted from {existing.get('source')}"
+                    ),
+                ),
+            )
         return Patch(
             None,
             (
-                f"the bundle already mounts {existing.get('source')!r} at {CUDA_CHECKPOINT_DEST}; "
-                "runsc-cuda does not replace it",
+                Note(
+                    "warning",
+                    f"the bundle already mounts {existing.get('source')!r} at {layout.CONTAINER_CUDA_CHECKPOINT}; "
+                    "runsc-cuda does not replace it",
+                ),
             ),
         )
     if host_cuda_checkpoint is None:
         return Patch(None, ())
     new = dict(doc)
     new["mounts"] = [*list(doc.get("mounts") or []), cuda_checkpoint_mount(host_cuda_checkpoint)]
-    return Patch(new, (f"mounted {host_cuda_checkpoint} read-only at {CUDA_CHECKPOINT_DEST}",))
+    return Patch(
+        new, (Note("info", f"mounted {host_cuda_checkpoint} read-only at {layout.CONTAINER_CUDA_CHECKPOINT}"),)
+    )
 
 
 def dumps(doc: dict[str, Any]) -> bytes:

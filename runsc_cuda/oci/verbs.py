@@ -178,3 +178,8 @@ def translate(verb: str, args: VerbArgs) -> Translation:
             continue
         kept.append(flag)
     return Translation(VerbArgs(tuple(kept), args.args), tuple(dropped), tuple(renamed))
+
+
+def container_id(args: VerbArgs) -> str | None:
+    """The container a create/run/restore/checkpoint call is about: its last positional argument."""
+    return args.args[-1] if args.args else None

@@ -1,0 +1,251 @@
+"""The exec engine: runsc-cuda freezes and thaws the CUDA processes itself, through ``runsc exec``.
+
+Checkpoint: discover -> lock -> checkpoint -> (runsc saves) -> [restore -> unlock
+with --leave-running], all in parallel, every step verified, and any way out of
+it brings every CUDA process back to running (``Freezer.recover``) and the
+pause state back as found.  Docker and containerd pause the container first;
+the freeze needs it running (runsc exec refuses a paused container).
+
+Restore: runsc restores the sandbox, then runsc-cuda thaws the processes the
+image's sidecar lists.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+
+from runsc_cuda.cuda import protocol
+from runsc_cuda.cuda.freezer import Freezer, Interrupted, StepError, Timeouts
+from runsc_cuda.engines.save import Target, commit, record, runsc_save
+from runsc_cuda.errors import ShimError
+from runsc_cuda.image import background, sidecar
+from runsc_cuda.modifier import Prepared
+from runsc_cuda.oci.sandbox import UP, Sandbox
+from runsc_cuda.session import Session
+from runsc_cuda.signals import forwarded_to
+
+
+def freezer_for(session: Session, sandbox: Sandbox, stoppable: bool = False) -> Freezer:
+    cfg = session.config
+    return Freezer(
+        sandbox,
+        Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s),
+        session.clock,
+        session.stop if stoppable else (lambda: False),
+        max_parallel=cfg.max_parallel_cuda_calls,
+    )
+
+
+class ExecCheckpoint:
+    """The exec engine's checkpoint, with rollback at every step."""
+
+    def __init__(self, session: Session, sandbox: Sandbox, target: Target) -> None:
+        self.session = session
+        self.sandbox = sandbox
+        self.target = target
+        self.report = session.report
+        self.freezer = freezer_for(session, sandbox, stoppable=True)
+        self.timeouts = self.freezer.timeouts
+        self.paused_now = target.found_paused
+        self.cuda_pids: list[int] = []
+
+    # --- pause handling -----------------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        if self.paused_now:
+            self.sandbox.resume()
+            self.paused_now = False
+
+    def restore_pause(self) -> None:
+        if self.target.found_paused and not self.paused_now:
+            self.sandbox.pause()
+            self.paused_now = True
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self._run()
+        except (StepError, Interrupted, ShimError) as e:
+            raise ShimError(self._recover(e)) from None
+        return 0
+
+    def _check_capabilities(self) -> None:
+        caps = protocol.Capabilities.from_help(self.sandbox.cuda_help(self.timeouts.call_s))
+        if not caps.get_state:
+            raise ShimError(
+                "the container's cuda-checkpoint has no --get-state (NVIDIA driver older than 555); "
+                "the exec engine needs driver 555 or later, or a runsc with --cuda-checkpoint-path (engine native)"
+            )
+        self.freezer.toggle_only = not caps.actions
+
+    def _save(self) -> None:
+        result = runsc_save(self.session, self.target)
+        if not result.ok:
+            raise ShimError(f"runsc checkpoint failed: {result.error_text() or result.describe()}")
+
+    def _run(self) -> None:
+        freezer = self.freezer
+        freezer.check_interrupt()  # a stop asked for while runsc-cuda looked at the container
+        self.ensure_running()
+        self._check_capabilities()
+        candidates = self.sandbox.pids()
+        states = freezer.discover(candidates)
+        self.cuda_pids = sorted(states)
+        self._log("discover", f"{len(states)} CUDA processes among {len(candidates)}")
+        freezer.freeze(states)
+        for name in ("toggle", "lock", "checkpoint"):
+            self._log(name, "done")
+        freezer.check_interrupt()
+        self.restore_pause()
+        freezer.timed("save", self.cuda_pids, self._save)
+        self._log("save", "runsc saved the sandbox")
+        if self.target.leave_running:
+            self.ensure_running()
+            freezer.thaw(dict.fromkeys(self.cuda_pids, protocol.CHECKPOINTED))
+            for name in ("toggle", "restore", "unlock"):
+                self._log(name, "done")
+            self.restore_pause()
+        procs = tuple(sidecar.CudaProcess(pid, states[pid], protocol.CHECKPOINTED) for pid in self.cuda_pids)
+        entry = record(self.session, self.target, "exec", procs, freezer.timings())
+        freezer.check_interrupt()
+        commit(self.session, self.target, entry)
+        self.report.info(
+            f"checkpoint of {self.target.cid} done: {len(self.cuda_pids)} CUDA processes"
+            + (", running again" if self.target.leave_running else ""),
+            container=self.target.cid,
+            pids=self.cuda_pids,
+            timings=freezer.timings(),
+        )
+
+    def _log(self, name: str, what: str) -> None:
+        phase = self.freezer.last(name)
+        if phase is None or (not phase.pids and name != "discover"):
+            return
+        self.report.info(
+            f"{name}: {what} in {phase.seconds:.3f}s (PIDs {phase.pids})",
+            container=self.target.cid,
+            phase=name,
+            seconds=round(phase.seconds, 6),
+            pids=phase.pids,
+        )
+
+    def _recover(self, error: Exception) -> str:
+        """Bring every CUDA process back to running and the pause state back; what to report."""
+        what = f"interrupted by {self.session.stop.name()}" if isinstance(error, Interrupted) else str(error)
+        problems: dict[int, str] = {}
+        state = self.sandbox.try_state() or self.sandbox.try_state()  # a failed look is not a gone container
+        alive = state is None or state.status in UP
+        if state is not None:
+            self.paused_now = state.status == "paused"
+        if alive:
+            try:
+                if self.cuda_pids:
+                    self.ensure_running()
+                problems = self.freezer.recover(self.cuda_pids)
+                self.restore_pause()
+            except ShimError as e:
+                problems[0] = str(e)
+        elif self.sandbox.abandoned():
+            self.sandbox.wait_abandoned(self.timeouts.lock_call_s)  # their errors must not land after ours
+        if problems:
+            left = "; ".join(f"PID {p}: {w}" if p else w for p, w in sorted(problems.items()))
+            return f"{what}; rollback incomplete: {left}"
+        if alive and self.cuda_pids:
+            return f"{what}; all CUDA processes are running again"
+        return what
+
+
+class ExecRestore:
+    """Restore an image the exec engine made: runsc restores, runsc-cuda thaws."""
+
+    def __init__(
+        self,
+        session: Session,
+        prepared: Prepared,
+        record: sidecar.Sidecar,
+        watch: bool = False,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.session = session
+        self.watch = watch  # a background page load to watch once the container runs
+        self.release = release
+        self.prepared = prepared
+        self.cid = prepared.container_id or ""
+        self.sandbox = Sandbox(session, self.cid)
+        self.freezer = freezer_for(session, self.sandbox)
+        self.states = {p.pid: p.state_saved for p in record.cuda_processes}
+
+    def run(self) -> int:
+        argv = [self.session.runsc, *self.prepared.cmd.tokens()[1:]]
+        if self.prepared.args.is_set("detach"):
+            return self._detached(argv)
+        return self._foreground(argv)
+
+    def _run_runsc(self, argv: list[str]) -> int:
+        """runsc restore --detach; its output goes straight to our caller."""
+        limit = self.session.config.checkpoint_timeout_s
+        try:
+            return subprocess.run(argv, env=self.session.runner.environ, timeout=limit, check=False).returncode
+        except subprocess.TimeoutExpired:
+            raise ShimError(f"runsc restore did not finish in {limit:g}s") from None
+
+    def _detached(self, argv: list[str]) -> int:
+        why = self.session.interrupted()
+        if why is not None:
+            raise ShimError(f"{why} before runsc started", refused=True)
+        code = self.freezer.timed("restore-sandbox", [], lambda: self._run_runsc(argv))
+        if code < 0:  # killed: runsc wrote no error of its own
+            raise ShimError(f"runsc restore was killed by signal {-code}", 128 - code)
+        if code != 0:
+            return code  # runsc's own error is in the log already
+        try:
+            self._thaw()  # even after a stop request: never leave a restored CUDA process frozen
+        finally:
+            self._start_watch()  # a thaw that failed because the background load did: the watcher says so
+        why = self.session.interrupted()
+        if why is not None:
+            raise ShimError(f"{why}; the container was restored and its CUDA processes thawed")
+        return 0
+
+    def _foreground(self, argv: list[str]) -> int:
+        child = subprocess.Popen(argv, env=self.session.runner.environ)
+        with forwarded_to(child):
+            if self.sandbox.wait_up(child):
+                try:
+                    try:
+                        self._thaw()
+                    finally:
+                        self._start_watch()
+                except ShimError as e:
+                    self.session.report.error(e.framed_as("restore", self.cid).message)
+                    child.send_signal(15)
+            self.release()
+            code = child.wait()
+        return code if code >= 0 else 128 - code
+
+    def _start_watch(self) -> None:
+        if self.watch:
+            background.start(self.session, self.cid, self.prepared.args.value("image-path"))
+
+    def _thaw(self) -> None:
+        pids = sorted(self.states)
+        try:
+            self.freezer.thaw(self.states)
+        except StepError as first:
+            # Once more from whatever state each process is in now (the calls that outlived
+            # their timeout are waited for first: a late one may still change a state).
+            left = self.freezer.recover(pids)
+            if left:
+                detail = "; ".join(f"PID {p}: {w}" if p else w for p, w in sorted(left.items()))
+                raise ShimError(f"CUDA processes could not be thawed: {first}; {detail}") from None
+            self.session.report.warning(f"restore of {self.cid}: {first}; thawed on the second try")
+        timings = self.freezer.timings()
+        self.session.report.info(
+            f"restore of {self.cid}: {len(pids)} CUDA processes thawed in "
+            f"{timings.get('restore', 0) + timings.get('unlock', 0) + timings.get('toggle', 0):.3f}s",
+            container=self.cid,
+            pids=pids,
+            timings=timings,
+        )
