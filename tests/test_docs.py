@@ -18,7 +18,8 @@ import pytest
 
 from runsc_cuda import conffile, config, layout
 
-REPO = Path(__file__).resolve().parent.parent
+# The checkout: the nearest folder above this file with a pyproject.toml (tests/ or tests/unit/).
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 INDEX = DOCS / "README.md"
