@@ -44,7 +44,7 @@ test-binary: test
 
 # Benchmarks (never timed tests): the pass-through cost, exec-engine freeze/thaw scaling, and
 # checkpoint/restore image options against the real runsc (small scale; the full table:
-# $(PY) bench/tuning.py --gib 1,2,4; see the README, "Checkpoint and restore image options").
+# $(PY) bench/tuning.py --gib 1,2,4; see docs/benchmarks.md).
 bench: venv
 	$(PY) bench/passthrough.py
 	$(PY) bench/freeze.py

@@ -4,7 +4,7 @@
 Each suite (tests/test_reliability_*.py) counts its cases and appends its
 figures to the file named by RUNSC_CUDA_RELIABILITY_FIGURES; this script runs
 pytest on them with a temporary figures file and prints one Markdown row per
-figure line, then one per suite (the README's table).
+figure line, then one per suite (the table in docs/reliability.md).
 
     python3 bench/reliability.py [--scale N] [--suites faults,fuzz,crash,load,hostile] [-k EXPR]
 

@@ -38,6 +38,7 @@ PYINSTALLER_DIST = REPO / "build" / "pyinstaller" / "dist"
 PYINSTALLER_WORK = REPO / "build" / "pyinstaller" / "work"
 DIST = REPO / "dist"
 SPEC = HERE / "shim.spec"
+DOCS = REPO / "docs"
 EXAMPLES = ("docker", "containerd", "kubernetes")
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64el", "s390x": "s390x"}
 DEFAULT_MAINTAINER = "runsc-cuda maintainers <maintainers@runsc-cuda.invalid>"
@@ -120,13 +121,20 @@ def build_binary(dist: Path = PYINSTALLER_DIST, work: Path = PYINSTALLER_WORK) -
     return bundle
 
 
+def copy_manual(dest: Path) -> None:
+    """The front page and the manual: ``dest/README.md`` and ``dest/docs/`` (its links stay relative)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "README.md", dest / "README.md")
+    shutil.copytree(DOCS, dest / "docs", ignore=shutil.ignore_patterns("__pycache__", ".*"))
+
+
 def add_docs(tree: Path) -> None:
     """The shipped config, the ready-made engine configs and the docs, beside the binary."""
     (tree / "config.toml").write_text(conffile.render_toml())
     for name in EXAMPLES:
         shutil.copytree(HERE / name, tree / "examples" / name)
     shutil.copy2(HERE / "README.md", tree / "examples" / "README.md")
-    shutil.copy2(REPO / "README.md", tree / "README.md")
+    copy_manual(tree)
 
 
 def stage_tree(bundle: Path, dist: Path = DIST) -> Path:
@@ -272,7 +280,7 @@ def stage_deb(bundle: Path, root: Path, version: str, arch: str, maintainer: str
     for name in EXAMPLES:
         shutil.copytree(HERE / name, doc / "examples" / name)
     shutil.copy2(HERE / "README.md", doc / "examples" / "README.md")
-    shutil.copy2(REPO / "README.md", doc / "README.md")
+    copy_manual(doc)
     for p in doc.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
 

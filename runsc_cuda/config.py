@@ -1,7 +1,7 @@
 """runsc-cuda's configuration: /etc/runsc-cuda/config.toml, overridden by RUNSC_CUDA_* env.
 
-Every key is listed in ``KEYS`` with its type, default and meaning; the README's
-configuration reference is written from the same table.
+Every key is listed in ``KEYS`` with its type, default and meaning; the
+configuration reference in docs/configuration.md is written from the same table.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Config:
         return getattr(self, key)
 
 
-# One line of documentation per key (the README's reference is checked against it).
+# One line of documentation per key (docs/configuration.md's reference is checked against it).
 DOCS: dict[str, str] = {
     "runsc": "Path or name of gVisor's runsc. Default: `runsc` on PATH.",
     "cuda_checkpoint": (
@@ -87,8 +87,7 @@ DOCS: dict[str, str] = {
     "tuning": (
         "Which containers get the checkpoint_* and restore_* settings below: gpu (GPU containers), all (every "
         "container), off (none, and dev.runsc-cuda.checkpoint.*/restore.* annotations are ignored too). A "
-        "container's own annotations apply to it whatever its kind. See 'Checkpoint and restore image options' "
-        "in the README."
+        "container's own annotations apply to it whatever its kind. See docs/image-options.md."
     ),
     "checkpoint_compression": (
         "runsc checkpoint --compression: none (the image keeps its memory in pages.img, which restore_background "

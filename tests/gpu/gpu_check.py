@@ -19,7 +19,7 @@ Without a GPU it exits 0 after printing why it skipped (``SKIP: ...``);
 memory, default 0.25) and a cuda-checkpoint that knows no CUDA process, to
 check everything but the GPU part anywhere.
 
-``--tuning`` compares checkpoint/restore image options instead (README: "Checkpoint and restore image options"):
+``--tuning`` compares checkpoint/restore image options instead (docs/image-options.md):
 for each of "runsc's defaults" (runsc-cuda with ``tuning = "off"``: runsc's
 default image flags, CUDA still frozen by runsc-cuda) and "runsc-cuda's
 defaults" (``tuning = "gpu"``), a fresh container is started, asked for its

@@ -35,6 +35,11 @@ PACKAGING = REPO / "packaging"
 ENV_TEST_DEB = "RUNSC_CUDA_TEST_DEB"
 
 
+def manual() -> list[str]:
+    """The docs every artifact ships, relative to its doc folder: the front page and docs/."""
+    return ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md"))]
+
+
 def load_build() -> ModuleType:
     spec = importlib.util.spec_from_file_location("runsc_cuda_packaging_build", PACKAGING / "build.py")
     assert spec is not None and spec.loader is not None
@@ -195,6 +200,19 @@ def test_tarball_is_reproducible_and_root_owned(tmp_path: Path) -> None:
         subprocess.run(["sha256sum", "-c", checksum.name], cwd=tmp_path, check=True, capture_output=True)
 
 
+def test_tarball_tree_has_config_examples_and_manual(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    build.add_docs(tree)
+    assert (tree / "config.toml").read_text() == conffile.render_toml()
+    for name in ("examples/README.md", "examples/docker/daemon.json", "examples/kubernetes/pod-gpu.yaml"):
+        assert (tree / name).is_file(), name
+    shipped = sorted(str(p.relative_to(tree)) for p in tree.rglob("*.md") if "examples" not in p.parts)
+    assert shipped == manual()
+    for name in manual():
+        assert (tree / name).read_bytes() == (REPO / name).read_bytes(), name
+
+
 def test_built_tarball_and_checksum(pytestconfig: pytest.Config) -> None:
     binary = pytestconfig.getoption("--binary")
     if not binary:
@@ -208,6 +226,8 @@ def test_built_tarball_and_checksum(pytestconfig: pytest.Config) -> None:
         names = set(tar.getnames())
     for name in ("runsc-cuda", "config.toml", "examples/docker/daemon.json", "examples/kubernetes/pod-gpu.yaml"):
         assert f"{tree.name}/{name}" in names
+    for name in manual():
+        assert f"{tree.name}/{name}" in names, name
 
 
 def test_built_binary_runs_no_runtime_hooks(pytestconfig: pytest.Config) -> None:
@@ -286,6 +306,9 @@ def test_deb_layout(deb: Deb) -> None:
     assert entries[layout.CONFIG_PATH][0] == "-rw-r--r--"
     for example in ("docker/daemon.json", "containerd/config-v3.toml", "kubernetes/runtimeclass.yaml"):
         assert f"{layout.DOC_DIR}/examples/{example}" in entries
+    for name in manual():
+        assert entries[f"{layout.DOC_DIR}/{name}"][0] == "-rw-r--r--", name
+    assert entries[f"{layout.DOC_DIR}/docs"][0] == "drwxr-xr-x"
     assert {owner for _mode, owner, _line in entries.values()} == {"root/root"}
 
 
