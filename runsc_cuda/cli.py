@@ -10,7 +10,15 @@ from runsc_cuda.errors import ShimError
 from runsc_cuda.oci.argv import ArgvError, CommandLine, parse
 from runsc_cuda.oci.runsc import exec_runsc, find_runsc
 
-INTERCEPTED = frozenset({"create", "run", "restore", "checkpoint", "doctor"})
+# The verbs runsc-cuda handles itself, by the module of runsc_cuda.commands that does; every other
+# verb is runsc's (execv). Module names only: the pass-through path imports none of them.
+INTERCEPTED = {
+    "create": "create",
+    "run": "create",
+    "restore": "restore",
+    "checkpoint": "checkpoint",
+    "doctor": "doctor.main",
+}
 
 
 def _early_error(cmd: CommandLine | None, message: str) -> None:

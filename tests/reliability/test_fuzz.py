@@ -98,7 +98,7 @@ def check_argv(tokens: list[str]) -> None:
     again = parse(cmd.with_global(Flag.make("nvproxy", "true")).tokens())
     assert again.verb == cmd.verb and again.rest == cmd.rest
     assert again.global_value("nvproxy") == "true"
-    if cmd.verb in verbs.RUNSC_FLAGS:
+    if cmd.verb in verbs.VERBS:
         try:
             args = parse_verb_args(cmd.rest, verbs.known_flags(cmd.verb))
         except ArgvError:
@@ -161,17 +161,17 @@ def check_verb_args(value: tuple[str, list[str]]) -> None:
     except ShimError:
         return
     for flag in out.args.flags:  # what runsc gets is something runsc accepts
-        assert flag.name in verbs.RUNSC_FLAGS[verb].bools | verbs.RUNSC_FLAGS[verb].values or not known.knows(flag.name)
+        assert flag.name in verbs.VERBS[verb].runsc.bools | verbs.VERBS[verb].runsc.values or not known.knows(flag.name)
 
 
 def test_fuzz_verb_args_of_the_intercepted_verbs() -> None:
-    names = sorted({n for v in verbs.RUNSC_FLAGS for n in verbs.known_flags(v).bools | verbs.known_flags(v).values})
+    names = sorted({n for v in verbs.VERBS for n in verbs.known_flags(v).bools | verbs.known_flags(v).values})
     verb_token = st.one_of(
         st.text(max_size=8),
         st.sampled_from(names).map(lambda n: f"--{n}"),
         st.sampled_from(names).map(lambda n: f"-{n}=x"),
     )
-    strategy = st.tuples(st.sampled_from(sorted(verbs.RUNSC_FLAGS)), st.lists(verb_token, max_size=10))
+    strategy = st.tuples(st.sampled_from(sorted(verbs.VERBS)), st.lists(verb_token, max_size=10))
     fuzz("argv: verb flags", strategy, check_verb_args)
 
 

@@ -27,6 +27,7 @@ from runsc_cuda.commands.doctor.render import render_json, render_text, symbols_
 from runsc_cuda.oci.argv import CommandLine
 
 INTEGRATIONS = ("docker", "containerd", "kubernetes")
+NEEDS_SESSION = False  # doctor reports what would make opening a session fail
 
 
 def checks(f: Facts, require: Sequence[str] = ()) -> list[Check]:
