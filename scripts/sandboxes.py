@@ -308,7 +308,9 @@ def remove_leaked(procs: Iterable[Process]) -> list[str]:
             with contextlib.suppress(ValueError):
                 notes.extend(remove_sandboxes(runsc, root))
     alive = [p for p in procs if (now := read_process(p.pid)) is not None and now.key == p.key]
-    notes.extend(f"could not kill {p.describe()}" for p in kill_and_wait(alive))
+    left = kill_and_wait(alive)
+    notes.extend(f"killed {p.describe()}" for p in alive if p not in left)
+    notes.extend(f"could not kill {p.describe()}" for p in left)
     return notes
 
 

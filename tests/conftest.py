@@ -19,6 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fakes
 from fakes.fake_runsc import GLOBAL_BOOLS, GLOBAL_VALUES, GoFlags
 
+pytest_plugins = ["hygiene"]  # tests/hygiene.py: the session fails if it leaves sandboxes or system files behind
+
 REPO = Path(__file__).resolve().parent.parent
 # config.json files Docker 20.10 + containerd 1.6 wrote for real containers (copied from shared/fixtures).
 FIXTURES = REPO / "tests" / "fixtures" / "docker-bundles"
