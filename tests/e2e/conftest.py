@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hygiene
 import pytest
 
 from .stack import IMAGE, STOP_NOTES, CallFailed, Result, Stack, Unavailable, running, wait_for
@@ -24,6 +25,7 @@ COUNTER = 'trap "exit 42" TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/coun
 def stack() -> Iterator[Stack]:
     """containerd + dockerd with runsc, runsc-cuda and the recorder registered; skips when it cannot run."""
     root = Path(tempfile.mkdtemp(prefix="rce-", dir="/tmp"))  # short: socket paths are limited
+    hygiene.own(root)  # its sandboxes are the suite's: the end-of-session check looks for them too
     try:
         with running(root) as started:
             yield started
