@@ -51,7 +51,9 @@ SYSTEM_FOLDERS = (
     "/usr/local/cuda/bin",
     "/usr/local/nvidia/bin",
 )
-ENV_FOLDERS = "RUNSC_CUDA_HYGIENE_FOLDERS"  # os.pathsep-separated: watch these instead (the check's own tests)
+# os.pathsep-separated folders to watch instead (the check's own tests); set but empty: none (a machine
+# where other work adds files to system folders meanwhile).
+ENV_FOLDERS = "RUNSC_CUDA_HYGIENE_FOLDERS"
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -319,7 +321,7 @@ def remove_leaked(procs: Iterable[Process]) -> list[str]:
 
 def watched_folders() -> list[str]:
     given = os.environ.get(ENV_FOLDERS)
-    folders = [f for f in given.split(os.pathsep) if f] if given else list(SYSTEM_FOLDERS)
+    folders = [f for f in given.split(os.pathsep) if f] if given is not None else list(SYSTEM_FOLDERS)
     out: list[str] = []
     for folder in folders:
         real = os.path.realpath(folder)

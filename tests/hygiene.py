@@ -15,6 +15,10 @@ so that a failed run does not leave them running either; files in system folders
 
 SIGTERM and SIGHUP interrupt the session as Ctrl-C does, so fixture finalizers and ``finally``
 blocks still remove what the tests started.
+
+The system folders are the whole machine's: another program that adds a file there meanwhile
+fails the run too.  ``RUNSC_CUDA_HYGIENE_FOLDERS`` names the folders to watch instead
+(os.pathsep-separated; set but empty: none).
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def report() -> str:
     lines = ["the test session left this behind on the host (tests/hygiene.py):"]
     lines += [f"  {f}" for f in _findings]
+    if any(f.startswith("appeared in a system folder") for f in _findings):
+        lines.append(f"  (the whole machine's folders: another program may have made it; see {sandboxes.ENV_FOLDERS})")
     if _removed:
         lines.append("removed afterwards:")
         lines += [f"  {r}" for r in _removed]
