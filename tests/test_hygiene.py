@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,60 @@ def test_the_session_check_ignores_what_was_running_before_and_what_is_not_the_s
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- scripts/sandboxes.py's pieces ------------------------------------------------------------
+
+
+def test_a_folder_is_named_by_itself_and_paths_inside_it_not_by_a_longer_name() -> None:
+    assert sandboxes.names_folder(["runsc-sandbox", "--root=/tmp/t/root", "boot"], "/tmp/t/root")
+    assert sandboxes.names_folder(["runsc", "--root", "/tmp/t/root/"], "/tmp/t/root")
+    assert sandboxes.names_folder(["runsc-gofer", "--bundle", "/tmp/t/bundles/c1"], "/tmp/t")
+    assert not sandboxes.names_folder(["runsc-sandbox", "--root=/tmp/t/root2"], "/tmp/t/root")
+    assert not sandboxes.names_folder(["runsc-sandbox", "--log=/tmp/tt/log.json"], "/tmp/t")
+
+
+def test_runsc_processes_by_their_names() -> None:
+    def proc(*argv: str) -> sandboxes.Process:
+        return sandboxes.Process(1, argv, 0)
+
+    assert sandboxes.is_runsc(proc("runsc-sandbox", "--root=/r", "boot"))
+    assert sandboxes.is_runsc(proc("/opt/runsc", "--root", "/r", "list"))
+    assert sandboxes.is_runsc(proc("/usr/bin/python3", "-S", "/tmp/x/bin/runsc", "--root", "/r", "state", "c"))
+    assert not sandboxes.is_runsc(proc("/usr/bin/python3", "-m", "pytest", "--root=/r"))
+    assert not sandboxes.is_runsc(proc("containerd-shim-runc-v2", "-namespace", "moby"))
+    assert sandboxes.root_of(proc("runsc-gofer", "--log=/l", "--root=/r/x", "gofer")) == "/r/x"
+    assert sandboxes.root_of(proc("runsc", "--root", "/r/y", "list")) == "/r/y"
+
+
+def test_runscs_state_files_name_its_containers(tmp_path: Path) -> None:
+    """runsc keeps <sandbox>_sandbox:<container>.state files, not a folder per container."""
+    for name in ("c1_sandbox:c1.state", "c1_sandbox:c1.lock", "c1_sandbox:sidecar.state", "runsc-c1.sock"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "null-netns").write_text("")
+    assert sandboxes.container_ids(None, tmp_path) == ["c1", "sidecar"]
+
+
+def test_removing_sandboxes_kills_what_names_the_root_and_refuses_a_wide_folder(tmp_path: Path) -> None:
+    root = tmp_path / "runsc-root"
+    root.mkdir()
+    proc = subprocess.Popen(
+        ["bash", "-c", f'exec -a runsc-gofer {sys.executable} -c "import time; time.sleep(600)" --root={root}'],
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sandboxes.processes_naming([root]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        notes = sandboxes.remove_sandboxes(None, root)
+        assert [n for n in notes if n.startswith(f"killed leftover process {proc.pid} runsc-gofer")], notes
+        assert sandboxes.processes_naming([root]) == []  # gone (and reaped: it was our child)
+        assert sandboxes.remove_sandboxes(None, root) == []  # nothing left: nothing to say
+        with pytest.raises(ValueError):
+            sandboxes.remove_sandboxes(None, "/tmp")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_mountinfo_escapes_are_read_back() -> None:
+    assert sandboxes._unescape("/tmp/a\\040b\\134c") == "/tmp/a b\\c"
