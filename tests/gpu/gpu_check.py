@@ -311,10 +311,11 @@ class Check:
         if any(point == path for point in points):
             return  # mounted over: nothing of the host's to show
         mine = root / path.lstrip("/")
-        if os.path.islink(path):
+        holds_a_point = any(point.startswith(path.rstrip("/") + "/") for point in points)
+        if os.path.islink(path) and not holds_a_point:
             mine.parent.mkdir(parents=True, exist_ok=True)
             mine.symlink_to(os.readlink(path))
-        elif os.path.isdir(path) and any(point.startswith(path.rstrip("/") + "/") for point in points):
+        elif os.path.isdir(path) and holds_a_point:  # a symbolic link too: the mount point must not go through it
             mine.mkdir(parents=True, exist_ok=True)
             mine.chmod(stat.S_IMODE(os.stat(path).st_mode))
             for name in sorted(os.listdir(path)):
