@@ -8,7 +8,9 @@ figure line, then one per suite (the table in docs/reliability.md).
 
     python3 bench/reliability.py [--scale N] [--suites faults,fuzz,crash,load,hostile] [-k EXPR]
 
-The default test run (`make test`) runs the same suites at scale 1.
+The default test run (`make test`) runs the same suites at scale 1.  The suites' pytest session
+ends with tests/hygiene.py's check (nothing of what they started may outlive them); Ctrl-C,
+SIGTERM and SIGHUP are passed on to it and waited for, so that its fixtures still clean up.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
+from types import FrameType
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = OrderedDict(
@@ -43,10 +47,30 @@ def run(scale: int, names: list[str], expr: str | None) -> tuple[list[dict[str, 
         if expr:
             argv += ["-k", expr]
         start = time.monotonic()
-        code = subprocess.run(argv, cwd=REPO, env=env, check=False).returncode
+        code = run_pytest(argv, env)
         seconds = time.monotonic() - start
         rows = [json.loads(line) for line in figures.read_text().splitlines()] if figures.exists() else []
     return rows, code, seconds
+
+
+def run_pytest(argv: list[str], env: dict[str, str]) -> int:
+    """pytest in a child process, waited for even when this one is interrupted: Ctrl-C, SIGTERM and
+    SIGHUP are passed on, once (the child has a session of its own, so the terminal's Ctrl-C reaches
+    only this process), and tests/hygiene.py turns them into an interrupt that runs the fixtures'
+    teardown.  (subprocess.run would SIGKILL the child on an interrupt, and whatever its tests
+    started would be left running.)"""
+    child = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        child.send_signal(signum)
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, forward) for signum in signals}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def suite_of(row: dict[str, object]) -> str:

@@ -28,7 +28,9 @@ page cache (``--cache cold``), then restore into a new container and time:
                             [--out results.json]
 
 Needs root (runsc), gcc, and a runsc (default: scripts/build-runsc.sh's, built on first use).
-Not a timed test: a measurement to read.
+Not a timed test: a measurement to read.  It leaves nothing behind: every sandbox under its runsc
+--root is deleted and its folder removed at the end, also when a cycle fails or the run is
+interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+import sandboxes  # noqa: E402 - scripts/sandboxes.py
+
 MEMHOG = Path(__file__).resolve().parent / "memhog.c"
 KEYS = (
     "checkpoint_compression",
@@ -189,7 +195,11 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="tuning-", dir=args.work))
         self.root = self.work / "root"
         self.rootfs = self.work / "rootfs"
-        build_memhog(self.rootfs)
+        try:
+            build_memhog(self.rootfs)
+        except BaseException:
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
         (self.rootfs / "work").mkdir()
         (self.rootfs / "proc").mkdir()
         self.config = self.work / "runsc-cuda.toml"
@@ -232,12 +242,12 @@ class Bench:
         bundle = write_bundle(box / "bundle", self.rootfs, work, gib, pattern)
         log = box / "log.json"
         image = box / "image"
-        code, err, _ = run_to_files(
-            [self.runsc, *self.globals(log), "run", "--detach", "--bundle", str(bundle), cid], dict(os.environ), 120
-        )
-        if code != 0:
-            raise RuntimeError(f"runsc run {cid}: {err.strip()[-800:]}")
         try:
+            code, err, _ = run_to_files(
+                [self.runsc, *self.globals(log), "run", "--detach", "--bundle", str(bundle), cid], dict(os.environ), 120
+            )
+            if code != 0:
+                raise RuntimeError(f"runsc run {cid}: {err.strip()[-800:]}")
             wait_file(work / "ready", 600)
             if self.args.stats:
                 self.runsc_quiet("events", "--stats", cid)
@@ -320,10 +330,7 @@ class Bench:
                             for which in sets[k:] + sets[:k]:
                                 self.results.append(self.cycle(which, gib, pattern, cache, rep))
         finally:
-            netns = self.root / "null-netns"  # runsc --network=none leaves this bind mount in its root
-            if netns.exists():
-                subprocess.run(["umount", str(netns)], capture_output=True, check=False)
-            shutil.rmtree(self.work, ignore_errors=True)
+            self.remove()
         elapsed = time.monotonic() - started
         table = self.table(sets)
         print(table)
@@ -342,6 +349,13 @@ class Bench:
             }
             Path(self.args.out).write_text(json.dumps(doc, indent=2))
         return 0
+
+    def remove(self) -> None:
+        """Every sandbox under the root (kill, delete --force, leftover processes, runsc's null-netns mount),
+        then the folder."""
+        for note in sandboxes.remove_sandboxes(self.runsc, self.root, [self.work]):
+            say(f"cleanup: {note}")
+        shutil.rmtree(self.work, ignore_errors=True)
 
     def filesystem(self) -> str:
         out = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(self.work)], capture_output=True)
@@ -400,6 +414,7 @@ def main() -> int:
     if not shutil.which("gcc"):
         print("SKIP: no gcc to build bench/memhog.c")
         return 0
+    sandboxes.interrupt_on_termination()  # SIGTERM/SIGHUP: Bench.run's clean-up still runs
     return Bench(args).run()
 
 

@@ -12,6 +12,8 @@ import pytest
 import fakes
 from support import ENTRY_POINTS, ENV_TEST_BINARY, REPO, Shim, entry_command
 
+pytest_plugins = ["hygiene"]  # tests/hygiene.py: the session fails if it leaves sandboxes or system files behind
+
 # Each folder under tests/ is a tier; the tiers that need more than this machine's Python get a marker.
 TIER_MARKERS = {"reliability": "reliability", "e2e": "e2e", "gpu": "gpu"}
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import hygiene
 from .stack import IMAGE, STOP_NOTES, CallFailed, Result, Stack, Unavailable, running, wait_for
 
 # A busybox loop that counts into /tmp/count and onto stdout, and exits 42 on SIGTERM
@@ -24,6 +25,7 @@ COUNTER = 'trap "exit 42" TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/coun
 def stack() -> Iterator[Stack]:
     """containerd + dockerd with runsc, runsc-cuda and the recorder registered; skips when it cannot run."""
     root = Path(tempfile.mkdtemp(prefix="rce-", dir="/tmp"))  # short: socket paths are limited
+    hygiene.own(root)  # its sandboxes are the suite's: the end-of-session check looks for them too
     try:
         with running(root) as started:
             yield started

@@ -4,14 +4,18 @@ Everything lives under one temporary folder (short, because unix socket paths
 are limited to 107 bytes): containerd's root, state and socket, dockerd's
 data-root, exec-root, socket and pidfile, the runsc-cuda wrapper, its config
 and logs, the fake host cuda-checkpoint, containerd's TMPDIR, dockerd's trust
-key.  Nothing is installed on the host and nothing of the host's own Docker or
-containerd (if any) is used; only empty folders appear outside: dockerd's
-/run/docker/plugins and the shims' /run/containerd/{s,fifo} (fixed paths).
+key, containerd's "opt" folder.  Nothing is installed on the host and nothing
+of the host's own Docker or containerd (if any) is used; only empty folders
+appear outside: dockerd's /run/docker/plugins and the shims'
+/run/containerd/{s,fifo} (fixed paths).
 
 ``Stack.start`` raises ``Unavailable`` with a reason when the machine cannot
-run the stack (the tests then skip with that reason); ``Stack.stop`` kills what
-the stack started, by PID, unmounts what is left under the folder and removes
-it.  Every docker/ctr call has a timeout.
+run the stack (the tests then skip with that reason); ``Stack.stop`` removes
+the containers, deletes every sandbox left under the stack's runsc roots
+(``runsc delete --force``), kills what the stack started, by PID, and any
+process still naming the folder, unmounts what is left under the folder and
+removes it.  ``running`` stops the stack whatever happens (a failed assertion,
+Ctrl-C, SIGTERM through tests/hygiene.py).  Every docker/ctr call has a timeout.
 
 Usable by hand for experiments (as root)::
 
@@ -39,6 +43,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import sandboxes  # noqa: E402 - scripts/sandboxes.py
+
 BUILD_RUNSC = REPO / "scripts" / "build-runsc.sh"
 IMAGE = "runsc-cuda-e2e/busybox:1"
 CTR_NAMESPACE = "runsc-cuda-e2e"
@@ -371,6 +379,9 @@ class Stack:
                     f"  address = {json.dumps(str(self.containerd_sock) + '.ttrpc')}",
                     "[debug]",
                     '  level = "info"',
+                    # The "opt" plugin's folder, else containerd makes /opt/containerd/{bin,lib} on the host.
+                    '[plugins."io.containerd.internal.v1.opt"]',
+                    f"  path = {json.dumps(str(self.root / 'containerd' / 'opt'))}",
                     "",
                 ]
             )
@@ -485,6 +496,8 @@ class Stack:
         if "containerd" in self.pids and pid_alive(self.pids["containerd"]):
             with contextlib.suppress(CallFailed):
                 self._remove_ctr_containers()
+        for runsc_root in self.runsc_roots():  # what Docker and ctr did not remove (or could not: a daemon died)
+            notes.extend(sandboxes.remove_sandboxes(self.tools.runsc, runsc_root))
         for name in ("dockerd", "containerd"):
             pid = self.pids.get(name)
             if pid and not terminate(pid, STOP_TIMEOUT):
@@ -506,6 +519,10 @@ class Stack:
         else:
             shutil.rmtree(self.root, ignore_errors=True)
         return notes
+
+    def runsc_roots(self) -> list[Path]:
+        """The --root folders runsc runs its sandboxes under: Docker's (every runtime's) and ctr's."""
+        return [root for root in (self.docker_runtime_root, self.ctr_runc_root) if root.is_dir()]
 
     def _remove_ctr_containers(self) -> None:
         """What the ctr tests left in the e2e namespace (``tasks delete --force`` kills a running task)."""

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .stack import REPO, Unavailable, build_runsc
+from .stack import REPO, Unavailable, build_runsc, sandboxes
 
 pytestmark = pytest.mark.e2e
 
@@ -115,13 +114,8 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
         f"log_file = {json.dumps(str(folder / 'runsc-cuda.log'))}\nlog_level = \"debug\"\n"
     )
     made = Real(runsc, folder, rootfs, config)
-    yield made
-    for cid in made.made:
-        made.plain("kill", cid, "KILL")
-        made.plain("delete", "--force", cid)
-    netns = made.root / "null-netns"
-    if netns.exists():
-        subprocess.run(["umount", str(netns)], capture_output=True, check=False)
+    with sandboxes.removed_afterwards(runsc, made.root, str(folder)):  # kill, delete --force, unmount
+        yield made
 
 
 def test_tuned_checkpoint_and_background_restore(real: Real) -> None:

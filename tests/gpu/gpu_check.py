@@ -5,10 +5,11 @@ Run as root on a Linux machine with an NVIDIA GPU and a runsc binary:
 
     python3 tests/gpu/gpu_check.py --runsc /path/to/runsc [--gib 4] [--out DIR]
 
-It creates a container through runsc-cuda (rootfs = this machine's /, so the
-container has the same Python and PyTorch; /dev/nvidia* as linux.devices, which
-makes it a GPU container), in which tests/gpu/app.py holds GIB of random data on
-the GPU and counts. Then, for each engine (exec, native):
+It creates a container through runsc-cuda (its root file system shows this
+machine's system folders read-only, so the container has the same Python and
+PyTorch; /dev/nvidia* as linux.devices, which makes it a GPU container), in
+which tests/gpu/app.py holds GIB of random data on the GPU and counts. Then,
+for each engine (exec, native):
   checkpoint --leave-running: the process keeps counting and its tensor is intact;
 then checkpoint (the container stops) and restore from the image into a new
 container: the counter resumes from where it was saved and the tensor is intact.
@@ -29,6 +30,12 @@ dropped), and it reports: checkpoint time, image size, restore call time,
 restore until the app runs again (it writes a heartbeat before each GPU pass),
 and restore until the tensor is read back intact on the GPU.  With ``--gib 4``
 it is meant to finish within 5 minutes.
+
+It leaves the machine as it found it: every sandbox under its runsc --root is
+removed at the end, also when a step fails or the check is interrupted
+(SIGINT, SIGTERM, SIGHUP; after a SIGKILL the next run removes what the last one
+left under --work), and no mount point is ever created in a host folder (see
+``rootfs``).  Anything that appears in the system folders meanwhile is an error.
 """
 
 from __future__ import annotations
@@ -47,12 +54,21 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+import sandboxes  # noqa: E402 - scripts/sandboxes.py: remove sandboxes, watch the system folders
+
 DEADLINE_S = 6.5 * 60
 TUNING_DEADLINE_S = 4.5 * 60
 TUNING_VARIANTS = (
     ("runsc defaults", {"RUNSC_CUDA_TUNING": "off"}),
     ("runsc-cuda defaults", {"RUNSC_CUDA_TUNING": "gpu"}),
 )
+# Where runsc-cuda bind-mounts the host's cuda-checkpoint in a GPU container (runsc_cuda's CUDA_CHECKPOINT_DEST).
+# runsc creates a bind mount's mount point before it makes any mount read-only: inside a bound host folder it
+# would create it in the host's folder (an empty executable /usr/local/bin/cuda-checkpoint).
+RUNSC_CUDA_MOUNT_POINTS = ("/usr/local/bin/cuda-checkpoint",)
+HOST_FOLDERS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt", "root")
 CUDA_CHECKPOINT_PLACES = (
     "/usr/bin/cuda-checkpoint",
     "/usr/local/bin/cuda-checkpoint",
@@ -69,6 +85,8 @@ class Check:
         self.out = Path(args.out)
         self.results: dict[str, Any] = {"gib": args.gib, "phases": {}, "checks": {}, "errors": []}
         self.log_lines: list[str] = []
+        self.binds: list[str] = []  # host paths shown read-only at the same place in the container
+        self.host_before = sandboxes.snapshot()
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -231,14 +249,8 @@ class Check:
                     "options": ["nosuid", "noexec", "nodev", "ro"],
                 },
                 {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
-                *({"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]} for d in self.host_dirs),
-                {"destination": "/gpucheck", "type": "bind", "source": str(HERE), "options": ["rbind", "ro"]},
-                {
-                    "destination": "/gpuwork",
-                    "type": "bind",
-                    "source": str(self.work / "app"),
-                    "options": ["rbind", "rw"],
-                },
+                *({"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]} for d in self.binds),
+                *self.own_mounts(),
             ],
             "linux": {
                 "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
@@ -250,28 +262,88 @@ class Check:
         (folder / "config.json").write_text(json.dumps(spec))
         return folder
 
+    def own_mounts(self) -> list[dict[str, Any]]:
+        """The check's own bind mounts (their mount points are in the root folder, which is ours)."""
+        return [
+            {"destination": "/gpucheck", "type": "bind", "source": str(HERE), "options": ["rbind", "ro"]},
+            {"destination": "/gpuwork", "type": "bind", "source": str(self.work / "app"), "options": ["rbind", "rw"]},
+        ]
+
+    def mount_points(self) -> list[str]:
+        """Every place something is mounted in the container besides the host's folders."""
+        own = [str(m["destination"]) for m in self.own_mounts()]
+        return ["/proc", "/dev", "/sys", "/tmp", *own, *RUNSC_CUDA_MOUNT_POINTS]
+
     def rootfs(self) -> Path:
-        """An empty root with this machine's system folders bind-mounted read-only (a root of "/" itself
-        makes gVisor's gofer serve every bind mount read-only)."""
+        """A root folder of our own that shows this machine's system folders read-only (a root of "/"
+        itself makes gVisor's gofer serve every bind mount read-only).
+
+        runsc creates the mount point of each bind mount before it makes any mount read-only, so no
+        mount point may lie inside a bound host folder: a host folder that holds one (/usr, for
+        runsc-cuda's /usr/local/bin/cuda-checkpoint) is rebuilt here as a folder of our own, down to
+        the mount point, whose entries are bound one by one (symbolic links copied)."""
         root = self.work / "rootfs"
         if root.exists():
             return root
-        self.host_dirs: list[str] = []
-        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt", "root"):
-            host = Path("/") / name
-            if host.is_symlink():
-                (root / name).parent.mkdir(parents=True, exist_ok=True)
-                (root / name).symlink_to(os.readlink(host))
-            elif host.is_dir():
-                (root / name).mkdir(parents=True, exist_ok=True)
-                self.host_dirs.append(str(host))
-        for extra in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), str(REPO)}:
-            if not any(extra == d or extra.startswith(d + "/") for d in self.host_dirs):
-                (root / extra.lstrip("/")).mkdir(parents=True, exist_ok=True)
-                self.host_dirs.append(extra)
+        self.binds = []
+        points = self.mount_points()
+        shown: list[str] = []
+        for name in HOST_FOLDERS:
+            shown.append("/" + name)
+        extras = sorted({os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), str(REPO)})
+        for extra in extras:  # the interpreter and runsc_cuda, where they are not in a system folder already
+            if not any(extra == d or extra.startswith(d + "/") for d in shown):
+                parent = root / os.path.dirname(extra).lstrip("/")
+                parent.mkdir(parents=True, exist_ok=True)
+                shown.append(extra)
+        for path in shown:
+            self.show(root, path, points)
+        for point in points:
+            if not any(point == b or point.startswith(b + "/") for b in self.binds):
+                (root / os.path.dirname(point).lstrip("/")).mkdir(parents=True, exist_ok=True)
         for name in ("proc", "dev", "sys", "tmp", "gpucheck", "gpuwork"):
             (root / name).mkdir(parents=True, exist_ok=True)
         return root
+
+    def show(self, root: Path, path: str, points: list[str]) -> None:
+        """Show the host's ``path`` at the same place under ``root``: bound read-only, or (when a mount
+        point lies inside it) as a folder of ours whose entries are shown one by one."""
+        if any(point == path for point in points):
+            return  # mounted over: nothing of the host's to show
+        mine = root / path.lstrip("/")
+        holds_a_point = any(point.startswith(path.rstrip("/") + "/") for point in points)
+        if os.path.islink(path) and not holds_a_point:
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            mine.symlink_to(os.readlink(path))
+        elif os.path.isdir(path) and holds_a_point:  # a symbolic link too: the mount point must not go through it
+            mine.mkdir(parents=True, exist_ok=True)
+            mine.chmod(stat.S_IMODE(os.stat(path).st_mode))
+            for name in sorted(os.listdir(path)):
+                self.show(root, os.path.join(path, name), points)
+        elif os.path.isdir(path):
+            mine.mkdir(parents=True, exist_ok=True)
+            self.binds.append(path)
+        elif os.path.isfile(path):  # sockets, FIFOs and devices are left out
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            mine.touch()
+            self.binds.append(path)
+
+    def check_mount_points(self, bundle: Path) -> None:
+        inside = self.host_folders_with_mount_points(bundle)
+        if inside:  # runsc-cuda mounts something new: add it to RUNSC_CUDA_MOUNT_POINTS
+            raise RuntimeError(f"mount points inside bound host folders (runsc creates them there): {inside}")
+
+    def host_folders_with_mount_points(self, bundle: Path) -> list[str]:
+        """Mount points of the final config.json (runsc-cuda's mounts included) inside a bound host folder."""
+        try:
+            mounts = json.loads((bundle / "config.json").read_text()).get("mounts", [])
+        except (OSError, ValueError):
+            return []
+        out = []
+        for mount in mounts:
+            dest = os.path.normpath("/" + str(mount.get("destination", "")).lstrip("/"))
+            out += [f"{dest} (in the host's {b})" for b in self.binds if dest.startswith(b.rstrip("/") + "/")]
+        return out
 
     def write_config(self, cuda_checkpoint: str) -> None:
         (self.work / "config.toml").write_text(
@@ -388,6 +460,7 @@ class Check:
             bundle = self.bundle(cid)
             t0 = time.monotonic()
             self.shim("create", "--bundle", str(bundle), cid, engine="exec")
+            self.check_mount_points(bundle)
             self.shim("start", cid, engine="exec")
             self.wait_counter(cid, 0, 240)
             self.results["phases"]["start until the app counts"] = {"wall_s": round(time.monotonic() - t0, 3)}
@@ -452,6 +525,7 @@ class Check:
         bundle = self.bundle(cid)
         t0 = time.monotonic()
         self.shim("create", "--bundle", str(bundle), cid, engine=engine, env_extra=env)
+        self.check_mount_points(bundle)
         self.shim("start", cid, engine=engine, env_extra=env)
         self.wait_counter(cid, 0, 240)
         started = time.monotonic() - t0
@@ -548,20 +622,15 @@ class Check:
         return 0
 
     def cleanup(self) -> None:
-        root = self.work / "runsc-root"
-        if not root.exists():
-            return
-        for name in os.listdir(root):
-            if (root / name).is_dir():
-                subprocess.run(
-                    [self.args.runsc, "--root", str(root), "delete", "--force", name],
-                    capture_output=True,
-                    check=False,
-                    timeout=60,
-                )
-        netns = root / "null-netns"  # runsc pins a network namespace there with a bind mount
-        if netns.exists():
-            subprocess.run(["umount", str(netns)], capture_output=True, check=False, timeout=30)
+        """Remove every sandbox under the runsc root (kill, delete --force, leftover processes, mounts),
+        then say what appeared in the system folders meanwhile (an error: the check must not change the host)."""
+        for note in sandboxes.remove_sandboxes(self.args.runsc, self.work / "runsc-root", [self.work]):
+            self.say(f"cleanup: {note}")
+        changed = sandboxes.appeared(self.host_before)
+        if changed:
+            self.results["host_changes"] = changed
+            self.results["errors"].append(f"appeared in the host's system folders during the check: {changed}")
+            self.say(f"ERROR: appeared in the host's system folders: {changed}")
 
     def save(self) -> None:
         self.results["elapsed_s"] = round(time.monotonic() - self.start, 1)
@@ -615,6 +684,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.gib is None:
         args.gib = 0.25 if args.cpu_smoke else 4.0
+    sandboxes.interrupt_on_termination()  # SIGTERM/SIGHUP: the clean-up in Check.run still runs
+    # A run that was killed (SIGKILL) left its sandboxes under --work: they may hold the GPU.
+    for note in sandboxes.remove_sandboxes(args.runsc, Path(args.work) / "runsc-root", [args.work]):
+        print(f"left by an earlier run: {note}", flush=True)
     shutil.rmtree(args.work, ignore_errors=True)
     return Check(args).run()
 

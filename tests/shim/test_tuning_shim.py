@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hygiene import sandboxes
 from support import Shim, fixture_spec
 
 CUDA = (10, 11)
@@ -300,8 +301,11 @@ def test_the_watcher_leaves_the_callers_stdio_alone(shim: Shim) -> None:
     argv = [*shim.command, "--root", str(shim.root), "--log", str(bundle / "log.json"), "--log-format", "json"]
     argv += ["restore", "--image-path", str(image), "--detach", "--bundle", str(bundle), "c1"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = proc.communicate(timeout=15)  # EOF on both pipes long before the 20 s load ends
-    assert proc.returncode == 0, err
+    try:
+        _, err = proc.communicate(timeout=15)  # EOF on both pipes long before the 20 s load ends
+        assert proc.returncode == 0, err
+    finally:  # the watcher and its runsc wait would outlive the test by the rest of the 20 s
+        sandboxes.remove_sandboxes(None, shim.root)
 
 
 def test_a_foreground_restore_is_watched_too(shim: Shim) -> None:
