@@ -91,5 +91,9 @@ def handle(session: Session) -> int:
     """create and run: prepare, then become runsc."""
     verb = session.cmd.verb or "create"
     prepared = prepare(session, verb)
+    if verb == "create":  # CRI sub-container: keep create's stdio for start (runsc_cuda/oci/stdio.py)
+        from runsc_cuda.oci.stdio import hold_for_start
+
+        hold_for_start(session, prepared.bundle, prepared.container_id, prepared.args.value("pid-file"))
     session.become_runsc(prepared.cmd.tokens()[1:])
     return 0  # not reached
