@@ -91,9 +91,11 @@ def handle(session: Session) -> int:
     """create and run: prepare, then become runsc."""
     verb = session.cmd.verb or "create"
     prepared = prepare(session, verb)
-    if verb == "create":  # CRI sub-container: keep create's stdio for start (runsc_cuda/oci/stdio.py)
-        from runsc_cuda.oci.stdio import hold_for_start
+    if verb == "create":  # CRI sub-container: stdio and exit through a holder (runsc_cuda/oci/subcontainer.py)
+        from runsc_cuda.oci import subcontainer
 
-        hold_for_start(session, prepared.bundle, prepared.container_id, prepared.args.value("pid-file"))
+        code = subcontainer.create(session, prepared.cmd, prepared.bundle, prepared.args)
+        if code is not None:
+            return code
     session.become_runsc(prepared.cmd.tokens()[1:])
     return 0  # not reached

@@ -1,25 +1,32 @@
-"""A CRI sub-container's stdio: ``runsc start`` gets the descriptors containerd gave ``create``.
+"""A pod's sub-container under containerd's runc.v2 shim: stdio and exit status like runc's.
 
-Why.  runc gives a container the stdio of ``runc create``; runsc gives a pod's
-sub-container the stdio of ``runsc start`` instead.  containerd's runc.v2 shim
-calls ``start`` with a pipe that captures its output and waits for that pipe's
-EOF, so under runsc the sandbox keeps the pipe open and StartContainer hangs
-forever (holding the container's lock: stop and kill hang too); and the
-container's output, which the shim reads from the pipes it gave ``create``,
-never reaches ``crictl logs`` (docs: DESIGN.md, "Kubernetes, containerd CRI and
-gVisor pods").
+Two things differ between runc and runsc for a container that joins a pod's
+sandbox (a CRI sub-container, annotation ``io.kubernetes.cri.container-type:
+container``), and the runc.v2 shim relies on runc's way for both:
 
-How.  ``create`` of a CRI sub-container (annotation
-``io.kubernetes.cri.container-type: container``) starts a small detached
-*holder* before it becomes ``runsc create``: a process that keeps create's
-descriptors 0, 1 and 2 and listens on a unix socket
-``<state_dir>/stdio/<key>.sock`` (key: runsc's ``--root`` and the container
-id).  ``start`` of that container connects, receives the three descriptors
-(SCM_RIGHTS), puts them on its own 0, 1 and 2 and becomes ``runsc start`` as
-before: the sandbox gets create's stdio, and the shim's capture pipe is closed
-as soon as runsc start exits.  The holder exits once it has handed them over,
-when runsc create failed (no pid file), when the container's bundle is gone
-(deleted), or after ``HOLD_LIMIT_S``.
+- **stdio.**  runc gives a container the stdio of ``runc create``; runsc gives a
+  sub-container the stdio of ``runsc start``.  The shim calls ``start`` with a
+  pipe that captures its output and waits for that pipe's EOF, so under runsc
+  the sandbox keeps the pipe open and StartContainer hangs forever (holding the
+  container's lock: stop and kill hang too), and the container's output never
+  reaches the pipes the shim gave ``create`` (``crictl logs`` stays empty).
+- **exit.**  The shim learns that a container ended when the process named in
+  ``create --pid-file`` exits (it reaps it as a subreaper).  runsc writes the
+  *sandbox's* PID there for a sub-container, which lives on when the
+  sub-container ends: StopContainer waits forever.
+
+So ``create`` of a sub-container starts a small detached *holder* and runs
+``runsc create`` as a child (without ``--pid-file``); on success it writes the
+holder's PID to the shim's pid file.  The holder keeps create's descriptors 0,
+1 and 2 and listens on a unix socket ``<state_dir>/stdio/<key>.sock`` (key:
+runsc's ``--root`` and the container id).  ``start`` of that container
+connects, receives the three descriptors (SCM_RIGHTS), puts them on its own 0,
+1 and 2 and becomes ``runsc start`` as before: the sandbox gets create's stdio
+and the shim's capture pipe closes when runsc start exits.  The holder then
+runs ``runsc wait`` on the container and exits with the container's exit status
+(128+N for a signal, as runsc reports it), which the shim reaps as the
+container's init.  A holder whose container is deleted before it starts
+(bundle gone) exits with 137, as runc's init would.
 
 ``take_create_stdio`` runs on the pass-through path of every ``start``: it
 imports nothing; when no holder socket exists (every container that is not a
@@ -38,7 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from socket import socket
 
-    from runsc_cuda.argv import CommandLine
+    from runsc_cuda.argv import CommandLine, VerbArgs
     from runsc_cuda.session import Session
 
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
@@ -46,8 +53,7 @@ SUBCONTAINER = "container"  # "sandbox" is the pod's first (pause) container: it
 DEFAULT_STATE_DIR = "/run/runsc-cuda"  # config.Config.state_dir
 ENV_STATE_DIR = "RUNSC_CUDA_STATE_DIR"
 SUBDIR = "stdio"
-HOLD_LIMIT_S = 3600.0  # a create that is never started nor deleted: give the descriptors back after this
-POLL_S = 2.0  # how often the holder looks for its container's bundle
+POLL_S = 1.0  # how often a holder waiting for start looks for its container's bundle
 CONNECT_TIMEOUT_S = 5.0
 MAGIC = b"runsc-cuda-stdio/1"
 SUN_PATH_MAX = 107
@@ -208,37 +214,56 @@ def _receive(path: str, root: str, cid: str) -> str | None:
 # --- create: the holder ----------------------------------------------------------------
 
 
-def hold_for_start(session: Session, bundle: str, cid: str | None, pid_file: str | None) -> None:
-    """``create`` of a CRI sub-container: leave a holder of this process's 0, 1, 2 for ``start``.
+def create(session: Session, cmd: CommandLine, bundle: str, args: VerbArgs) -> int | None:
+    """``create`` of a CRI sub-container: the holder, then ``runsc create``; its exit status.
 
-    Called just before this process becomes ``runsc create``.  Failures are warnings:
-    the container is still created (its start then behaves as without runsc-cuda).
+    ``cmd`` has the global flags for runsc (nvproxy added for GPU containers), ``args`` the
+    translated create flags.
+
+    None when this is not a CRI sub-container (or no holder can be made: a warning says
+    why): the caller then becomes ``runsc create`` as for any container.
     """
     import json
 
     report = session.report
+    cid = args.args[-1] if args.args else None
+    pid_file = args.value("pid-file")
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             doc = json.load(f)
     except (OSError, ValueError):
-        return  # runsc create will say what is wrong with the bundle
-    if not isinstance(doc, dict) or not is_subcontainer(doc) or not cid:
-        return
+        return None  # runsc create will say what is wrong with the bundle
+    if not isinstance(doc, dict) or not is_subcontainer(doc) or not cid or not pid_file:
+        return None
     root = runsc_root(session.cmd)
     path = socket_path(session.config.state_dir, root, cid)
     if len(path.encode()) > SUN_PATH_MAX:
         report.warning(f"create {cid}: state_dir is too long for a unix socket ({path}); start will hang")
-        return
+        return None
+    why = session.interrupted()
+    if why is not None:
+        from runsc_cuda.errors import ShimError
+
+        raise ShimError(f"create: {why} before runsc started; nothing was changed in the sandbox")
     try:
-        holder = _spawn_holder(session, path, root, cid, bundle, pid_file)
+        listener, inode = _listen(path)
     except OSError as e:
         report.warning(f"create {cid}: cannot keep create's stdio for start ({path}: {e.strerror or e})")
-        return
-    report.debug("holding create's stdio for start", container=cid, socket=path, holder=holder)
+        return None
+    config_json = os.path.join(bundle, "config.json")
+    holder = os.fork()
+    if holder == 0:  # pragma: no cover - the holder's own process (tested through the CLI)
+        try:
+            os.setsid()
+            _become_holder(session, listener, path, inode, root, cid, config_json)
+        finally:
+            os._exit(255)
+    listener.close()
+    return _runsc_create(session, cmd, args, cid, os.path.join(session.cwd, pid_file), holder, path, inode)
 
 
-def _spawn_holder(session: Session, path: str, root: str, cid: str, bundle: str, pid_file: str | None) -> int:
-    """Bind the socket here (so start can connect as soon as create returns), then fork the holder."""
+def _listen(path: str) -> tuple[socket, int]:
+    """The holder's socket, bound here: start can connect as soon as create returns."""
     import socket
 
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -252,47 +277,69 @@ def _spawn_holder(session: Session, path: str, root: str, cid: str, bundle: str,
         finally:
             os.umask(old)
         listener.listen(4)
-        inode = os.stat(path).st_ino
-        create_pid = os.getpid()
-        pid_file = os.path.join(session.cwd, pid_file) if pid_file else None
-        config_json = os.path.join(bundle, "config.json")
-        child = os.fork()
-        if child == 0:  # pragma: no cover - the holder's own process (tested end to end)
-            code = 0
-            try:
-                os.setsid()
-                if os.fork() == 0:
-                    _become_holder(session, listener, path, inode, root, cid, create_pid, pid_file, config_json)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        _pid, status = os.waitpid(child, 0)
-        if status != 0:
-            raise OSError(f"the holder's first fork exited with status {status}")
-        return child
-    finally:
+        return listener, os.stat(path).st_ino
+    except BaseException:
         listener.close()
+        raise
+
+
+def _runsc_create(
+    session: Session, cmd: CommandLine, args: VerbArgs, cid: str, pid_file: str, holder: int, path: str, inode: int
+) -> int:
+    """runsc create as a child (no --pid-file: it would name the sandbox); then the holder's PID for the shim."""
+    import signal
+    import subprocess
+
+    from runsc_cuda.files import write_atomic
+    from runsc_cuda.runtime import child_environ
+
+    argv = [session.runsc, *cmd.global_tokens(), "create", *args.without("pid-file").tokens()]
+    code = subprocess.run(argv, env=child_environ(session.environ), check=False).returncode
+    failure = None
+    if code == 0:
+        try:
+            write_atomic(pid_file, str(holder), durable=False)
+        except OSError as e:
+            failure = f"create {cid}: cannot write the pid file {pid_file}: {e.strerror or e}"
+            code = 1
+    if code != 0:
+        with _suppress():
+            os.kill(holder, signal.SIGKILL)
+        with _suppress_child():
+            os.waitpid(holder, 0)
+        _unlink_if_ours(path, inode)
+        if failure is not None:
+            session.report.error(failure)
+        session.report.debug("runsc create failed; holder removed", container=cid, rc=code)
+        return code if code > 0 else 128 - code
+    session.report.debug(
+        "sub-container: holder keeps create's stdio for start and stands in for its init",
+        container=cid,
+        socket=path,
+        holder=holder,
+    )
+    return 0
+
+
+class _suppress_child:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, value: object, tb: object) -> bool:
+        return isinstance(value, ChildProcessError)
 
 
 def _become_holder(
-    session: Session,
-    listener: socket,
-    path: str,
-    inode: int,
-    root: str,
-    cid: str,
-    create_pid: int,
-    pid_file: str | None,
-    config_json: str,
+    session: Session, listener: socket, path: str, inode: int, root: str, cid: str, config_json: str
 ) -> None:
-    """The holder's life (a grandchild of create, reparented to the shim); never returns."""
+    """The holder's life (a child of create, reparented to the shim); never returns."""
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     report = session.report
-    report.context = {"verb": "stdio-holder", "container": cid}
+    report.runtime_log = None
+    report.context = {"verb": "sub-container holder", "container": cid}
     keep = {0, 1, 2, listener.fileno()}
     for handler in getattr(report.logger, "handlers", []):
         stream = getattr(handler, "stream", None)
@@ -305,49 +352,80 @@ def _become_holder(
             with _suppress():
                 os.close(fd)
     os.chdir("/")
-    why = "?"
+    code = 255
     try:
-        why = _serve(listener, root, cid, create_pid, pid_file, config_json)
+        if not _hand_over(listener, root, cid, config_json):
+            code = 137
+            report.debug("holder exits: the container's bundle is gone (deleted before start)", socket=path)
+            return
+        _unlink_if_ours(path, inode)
+        listener.close()
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.close(null)
+        code = _wait_exit(session, cid)
+        report.debug("holder exits with the container's exit status", status=code)
     except BaseException as e:
-        why = f"failed: {type(e).__name__}: {e}"
+        report.debug(f"holder failed: {type(e).__name__}: {e}", socket=path)
     finally:
         _unlink_if_ours(path, inode)
-        report.runtime_log = None
-        report.debug(f"stdio holder exits: {why}", socket=path)
-        os._exit(0)
+        os._exit(code)
 
 
-def _serve(listener: socket, root: str, cid: str, create_pid: int, pid_file: str | None, config_json: str) -> str:
+def _hand_over(listener: socket, root: str, cid: str, config_json: str) -> bool:
+    """Wait for start and give it 0, 1, 2 (True), or for the bundle to go (False)."""
     import select
-    import time
 
-    deadline = time.monotonic() + HOLD_LIMIT_S
-    watched = [listener.fileno()]
-    try:  # readable once runsc create (this process's parent, exec'd) has exited
-        opened = os.pidfd_open(create_pid)
-    except (OSError, AttributeError):
-        opened = -1
-    pidfd = opened if opened >= 0 else None
-    if pidfd is not None:
-        watched.append(pidfd)
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return f"not started within {HOLD_LIMIT_S:.0f}s"
-        ready, _, _ = select.select(watched, [], [], min(POLL_S, left))
-        if pidfd is not None and pidfd in ready:
-            watched.remove(pidfd)
-            os.close(pidfd)
-            pidfd = None
-            if pid_file is not None and not os.path.exists(pid_file):
-                return "runsc create failed (no pid file)"
-        if listener.fileno() in ready:
+        ready, _, _ = select.select([listener.fileno()], [], [], POLL_S)
+        if ready:
             conn, _ = listener.accept()
             with conn:
                 if _answer(conn, root, cid):
-                    return "handed create's stdio to start"
+                    return True
         if not os.path.exists(config_json):
-            return "the container's bundle is gone (deleted)"
+            return False
+
+
+def _wait_exit(session: Session, cid: str) -> int:
+    """``runsc wait`` on the container (retried while start has not yet started it): its exit status."""
+    import json
+    import subprocess
+    import time
+
+    from runsc_cuda.runtime import child_environ
+
+    # Not --log: runsc's complaints here (a wait before start got through) would become the
+    # last error line of the container's runtime log, which containerd shows for its next failure.
+    flags = [t for f in session.cmd.global_flags if f.name not in ("log", "log-format") for t in f.tokens]
+    env = child_environ(session.environ)
+
+    def call(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [session.runsc, *flags, *args, cid], capture_output=True, env=env, check=False, stdin=subprocess.DEVNULL
+        )
+
+    while True:
+        waited = call("wait")
+        with _suppress_value():
+            return int(json.loads(waited.stdout)["exitStatus"]) & 0xFF
+        state = call("state")
+        try:
+            status = json.loads(state.stdout)["status"]
+        except (ValueError, KeyError, TypeError):
+            return 137  # the container is gone (deleted)
+        if status == "stopped":
+            return 255  # ended before wait could see how
+        time.sleep(0.1)  # created: start has not run it yet (or failed: the shim deletes it)
+
+
+class _suppress_value:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, value: object, tb: object) -> bool:
+        return isinstance(value, (ValueError, KeyError, TypeError))
 
 
 def _answer(conn: socket, root: str, cid: str) -> bool:

@@ -1,4 +1,4 @@
-"""A CRI sub-container's stdio (runsc_cuda/oci/stdio.py): start gets the descriptors create had.
+"""A CRI sub-container (runsc_cuda/oci/subcontainer.py): start gets create's stdio, the shim the exit.
 
 Over a tiny stand-in runsc that behaves like the real one in the way that matters:
 ``start`` hands its own stdout/stderr to a long-lived "sandbox" process, so a caller
@@ -9,9 +9,8 @@ unless runsc-cuda gives start the stdio of create.
 from __future__ import annotations
 
 import json
-import os
-import select
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -20,25 +19,81 @@ from pathlib import Path
 
 import pytest
 
-from runsc_cuda.oci import stdio
+from runsc_cuda.oci import subcontainer as stdio
 
 from conftest import Shim
 
-# create writes the pid file (as runsc does on success); start leaves a "sandbox" holding
-# its stdout and stderr (as runsc does for a sub-container) and says hello on both.
-STAND_IN = """#!/bin/sh
-while [ $# -gt 0 ]; do case "$1" in --root|--log|--log-format) shift 2;; --*=*) shift;; *) break;; esac; done
+# The stand-in: create refuses --pid-file (runsc-cuda must not pass the shim's: runsc would
+# write the sandbox's PID there); start leaves a "sandbox" holding its stdout and stderr (as
+# runsc does for a sub-container) and says hello on both; wait blocks until kill.
+STAND_IN = r"""#!/bin/sh
+root=""
+while [ $# -gt 0 ]; do
+    case "$1" in --root) root=$2; shift 2;; --log|--log-format) shift 2;; --*=*) shift;; *) break;; esac
+done
 verb=$1; shift
+eval "id=\${$#}"
+mkdir -p "$root"
+echo "$verb $*" >> "$root/calls"
 case "$verb" in
 create)
-    pid=""; while [ $# -gt 1 ]; do case "$1" in --pid-file) pid=$2; shift 2;; *) shift;; esac; done
     [ -n "$FAIL_CREATE" ] && exit 1
-    [ -n "$pid" ] && echo $$ > "$pid"; exit 0;;
+    bundle=""; pid=""
+    while [ $# -gt 1 ]; do case "$1" in --bundle) bundle=$2; shift 2;; --pid-file) pid=$2; shift 2;; *) shift;; esac
+    done
+    if [ -n "$pid" ] && grep -q '"io.kubernetes.cri.container-type": *"container"' "$bundle/config.json"; then
+        echo "--pid-file passed on for a sub-container" >&2; exit 2
+    fi
+    [ -n "$pid" ] && echo $$ > "$pid"
+    echo created > "$root/$id.state";;
 start)
-    echo "start-out $1"; echo "start-err $1" >&2
-    (sleep 5 &) ; exit 0;;
-*) exit 0;;
+    echo "start-out $id"; echo "start-err $id" >&2
+    echo running > "$root/$id.state"
+    (sleep 5 &);;
+state)
+    [ -f "$root/$id.state" ] || { echo "container $id does not exist" >&2; exit 1; }
+    echo "{\"id\":\"$id\",\"status\":\"$(cat "$root/$id.state")\"}";;
+wait)
+    [ "$(cat "$root/$id.state" 2>/dev/null)" = running ] || { echo "unable to find process" >&2; exit 1; }
+    while [ ! -f "$root/$id.exit" ]; do sleep 0.05; done
+    echo stopped > "$root/$id.state"
+    echo "{\"id\":\"$id\",\"exitStatus\":$(cat "$root/$id.exit")}";;
+kill) echo 143 > "$root/$1.exit";;
+delete) rm -f "$root/$id".*;;
 esac
+"""
+
+# As the runc.v2 shim: a subreaper that runs create (stdio on a pipe), reads the pid file, runs
+# start with a capturing pipe, kills the container and reaps the "init" named in the pid file.
+SHIM = r"""
+import ctypes, json, os, subprocess, sys, time
+command, root, bundle, cid, env = json.loads(sys.argv[1])
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+out_r, out_w = os.pipe()
+argv = [*command, "--root", root]
+created = subprocess.run([*argv, "create", "--bundle", bundle, "--pid-file", bundle + "/init.pid", cid],
+                         stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, env=env, check=False)
+os.close(out_w)
+report = {"create": created.returncode}
+init = int(open(bundle + "/init.pid").read())
+report["init_alive"] = os.path.exists(f"/proc/{init}")
+t = time.monotonic()
+started = subprocess.run([*argv, "start", cid], capture_output=True, env=env, timeout=20, check=False)
+report.update(start=started.returncode, start_s=time.monotonic() - t)
+report["start_output"] = (started.stdout + started.stderr).decode()
+got = b""
+while b"start-err" not in got:
+    chunk = os.read(out_r, 4096)
+    if not chunk:
+        break
+    got += chunk
+report["container_output"] = got.decode()
+time.sleep(0.3)
+report["running_after_start"] = os.waitpid(init, os.WNOHANG) == (0, 0)
+subprocess.run([*argv, "kill", cid, "SIGTERM"], env=env, check=True)
+pid, status = os.waitpid(init, 0)
+report["init_exit"] = os.waitstatus_to_exitcode(status)
+print(json.dumps(report))
 """
 
 SUB = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.container-name": "app"}
@@ -72,19 +127,6 @@ def create(shim: Shim, folder: Path, cid: str, out_w: int, **env: str) -> subpro
                           timeout=30, check=False)  # fmt: skip
 
 
-def read_until(fd: int, wanted: bytes, timeout: float = 10) -> bytes:
-    got = b""
-    deadline = time.monotonic() + timeout
-    while wanted not in got and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            got += chunk
-    return got
-
-
 def wait_gone(path: Path, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while path.exists() and time.monotonic() < deadline:
@@ -92,30 +134,26 @@ def wait_gone(path: Path, timeout: float = 10) -> bool:
     return not path.exists()
 
 
-def test_start_of_a_cri_subcontainer_writes_to_creates_stdio_and_returns(shim: Shim, short_state: Path) -> None:
+def test_subcontainer_start_writes_to_creates_stdio_and_its_exit_reaches_the_shim(
+    shim: Shim, short_state: Path
+) -> None:
     folder = bundle(shim, "app", SUB)
-    out_r, out_w = os.pipe()
-    try:
-        assert create(shim, folder, "app1", out_w).returncode == 0
-        os.close(out_w)  # the shim closes its copy after create: only the holder keeps it now
-        out_w = -1
-        sock = Path(stdio.socket_path(str(short_state), str(shim.root), "app1"))
-        assert sock.is_socket()
-        started = time.monotonic()
-        # capture_output: a pipe, as go-runc's cmdOutput; without the holder this waits for the sleep
-        result = shim.run("start", "app1", timeout=10)
-        assert result.returncode == 0
-        assert time.monotonic() - started < 5
-        assert result.stdout == b""
-        assert result.stderr == b""
-        got = read_until(out_r, b"start-err app1")
-        assert b"start-out app1" in got
-        assert b"start-err app1" in got
-        assert wait_gone(sock), "the holder keeps its socket after handing over"
-    finally:
-        os.close(out_r)
-        if out_w >= 0:
-            os.close(out_w)
+    spec = json.dumps([shim.command, str(shim.root), str(folder), "app1", shim.env])
+    done = subprocess.run([sys.executable, "-c", SHIM, spec], capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    assert report["create"] == 0
+    assert report["init_alive"]  # the pid file names the holder, not the sandbox
+    assert report["start"] == 0
+    assert report["start_s"] < 5  # without the holder: until the "sandbox" lets go of the pipe
+    assert report["start_output"] == ""
+    assert "start-out app1" in report["container_output"]
+    assert "start-err app1" in report["container_output"]
+    assert report["running_after_start"]
+    assert report["init_exit"] == 143  # runsc wait's exit status of the container
+    assert not list(short_state.glob("stdio/*.sock"))
+    calls = (shim.root / "calls").read_text()
+    assert "--pid-file" not in calls
 
 
 def test_other_containers_start_as_before_and_get_no_holder(shim: Shim, short_state: Path) -> None:
