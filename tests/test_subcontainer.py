@@ -240,3 +240,30 @@ def test_state_dir_env_wins_then_file_then_default(tmp_path: Path) -> None:
     assert stdio.state_dir({**env, "RUNSC_CUDA_STATE_DIR": "/from/env"}) == "/from/env"
     config.write_text("")
     assert stdio.state_dir(env) == stdio.DEFAULT_STATE_DIR
+
+
+@pytest.mark.parametrize(
+    ("programs", "shim"),
+    [
+        (["containerd-shim-runc-v2"], "containerd-shim-runc-v2"),
+        (["sh", "python3", "containerd-shim-runsc-v1", "containerd"], "containerd-shim-runsc-v1"),
+        (["bash", "pytest"], None),
+    ],
+)
+def test_the_calling_shim_is_the_nearest_containerd_shim(programs: list[str], shim: str | None) -> None:
+    assert stdio.calling_shim(programs) == shim
+
+
+def test_under_gvisors_own_shim_create_is_left_to_runsc(shim: Shim, short_state: Path, tmp_path: Path) -> None:
+    """containerd-shim-runsc-v1 (binary_name = runsc-cuda) handles runsc's stdio and pid file itself."""
+    folder = bundle(shim, "v1", SUB)
+    relay = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+    argv = ["containerd-shim-runsc-v1", "-c", relay, *shim.command, "--root", str(shim.root), "create",
+            "--bundle", str(folder), "--pid-file", str(folder / "init.pid"), "v1"]  # fmt: skip
+    err = tmp_path / "stderr"
+    with err.open("wb") as f:  # not a pipe: a holder would keep it open
+        done = subprocess.run(argv, executable=sys.executable, env=shim.env, stdout=f, stderr=f, timeout=30)
+    done.stderr = err.read_bytes()
+    assert done.returncode == 2  # the stand-in refuses --pid-file for a sub-container: passed on unchanged
+    assert b"--pid-file passed on" in done.stderr
+    assert not list(short_state.glob("stdio/*.sock"))
