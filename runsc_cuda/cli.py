@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         from runsc_cuda import intercept
 
         return intercept.main(cmd, environ)
-    if cmd is not None and cmd.verb == "start":  # CRI sub-container: create's stdio (runsc_cuda/oci/subcontainer.py)
-        from runsc_cuda.oci.subcontainer import take_create_stdio
+    if cmd is not None and cmd.verb == "start":  # CRI sub-container: create's stdio (runsc_cuda/oci/stdio.py)
+        from runsc_cuda.oci.stdio import take_create_stdio
 
         take_create_stdio(cmd, environ)
     try:

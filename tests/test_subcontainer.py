@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from runsc_cuda.oci import subcontainer as stdio
+from runsc_cuda.oci import stdio, subcontainer
 
 from conftest import Shim
 
@@ -181,7 +181,7 @@ def test_the_holder_exits_when_the_bundle_is_deleted(shim: Shim, short_state: Pa
     sock = Path(stdio.socket_path(str(short_state), str(shim.root), "gone"))
     assert sock.is_socket()
     (folder / "config.json").unlink()
-    assert wait_gone(sock, stdio.POLL_S + 5)
+    assert wait_gone(sock, subcontainer.POLL_S + 5)
 
 
 def test_a_start_whose_holder_is_gone_runs_with_dev_null_and_says_so(shim: Shim, short_state: Path) -> None:
@@ -251,7 +251,7 @@ def test_state_dir_env_wins_then_file_then_default(tmp_path: Path) -> None:
     ],
 )
 def test_the_calling_shim_is_the_nearest_containerd_shim(programs: list[str], shim: str | None) -> None:
-    assert stdio.calling_shim(programs) == shim
+    assert subcontainer.calling_shim(programs) == shim
 
 
 def test_under_gvisors_own_shim_create_is_left_to_runsc(shim: Shim, short_state: Path, tmp_path: Path) -> None:
