@@ -460,7 +460,9 @@ class CriStack:
         return path
 
     def containerd_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}  # it would hold checkpoint images
+        # Not XDG_RUNTIME_DIR (it would hold checkpoint images), nor the caller's RUNSC_CUDA_* settings
+        # (runsc-cuda's come from its config file, which bin/runsc-cuda names).
+        env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR" and not k.startswith("RUNSC_CUDA_")}
         # The shim built with this containerd first (the host may have Debian's 1.6 one), then criu.
         shim_dir = str(Path(self.tools.shim).parent)
         criu_dir = str(Path(self.tools.criu).parent)
