@@ -136,9 +136,7 @@ def test_pod_runs_in_one_sandbox_only_the_gpu_container_patched_logs_exec_stop_r
     assert not list(cri.state_dir.glob("stdio/*.sock"))
 
 
-def test_crictl_checkpoint_exports_runsc_image_and_the_pod_keeps_running_thawed(
-    cri: CriStack, pods: list[Pod]
-) -> None:
+def test_crictl_checkpoint_exports_runsc_image_and_the_pod_keeps_running_thawed(cri: CriStack, pods: list[Pod]) -> None:
     _pod, app, sidecar = gpu_pod(cri, pods, "checkpoint")
     wait_for("the app to count to 10", lambda: cri.count(app) >= 10, 30)
     archive = cri.root / "checkpoint-app.tar"
