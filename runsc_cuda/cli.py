@@ -44,7 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         from runsc_cuda.commands import dispatch
 
         return dispatch.main(cmd, environ)
+    if cmd is not None and cmd.verb == "start":  # CRI sub-container: create's stdio (runsc_cuda/oci/stdio.py)
+        from runsc_cuda.oci.stdio import take_create_stdio
+
+        take_create_stdio(cmd, environ)
     try:
+        if cmd is not None and cmd.verb == "kill" and any("all" in t for t in cmd.rest):  # runc.v2 shim (oci/kill.py)
+            from runsc_cuda.oci import kill
+
+            if kill.wants_all(cmd):
+                return kill.kill_all(argv, environ)
         runsc = find_runsc(environ)
         if wants_version:
             sys.stdout.write(f"runsc-cuda version {__version__}\n")

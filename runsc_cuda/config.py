@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from runsc_cuda.errors import ShimError
-from runsc_cuda.oci.runsc import read_config_text
+from runsc_cuda.oci.runsc import DEFAULT_STATE_DIR, read_config_text
 
 ENGINES = ("auto", "native", "exec")
 TUNING_SCOPES = ("gpu", "all", "off")
@@ -42,7 +42,7 @@ class Config:
     cuda_call_timeout_s: float = 300.0
     runsc_call_timeout_s: float = 60.0
     checkpoint_timeout_s: float = 3600.0
-    state_dir: str = "/run/runsc-cuda"
+    state_dir: str = DEFAULT_STATE_DIR
     lock_wait_s: float = 600.0
     proc_driver_nvidia: str = "/proc/driver/nvidia"
     trust_cuda_checkpoint: bool = False

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what the end-to-end tests (tests/e2e) need, then build the pinned runsc.
+# Install what the end-to-end tests (tests/e2e) need, then build the pinned runsc,
+# containerd 2.x and crictl (scripts/build-runsc.sh, scripts/build-k8s-tools.sh).
 #
 # Idempotent and non-interactive: installs only what is missing (Debian/Ubuntu
 # apt-get, as root), reuses the runsc build in .cache/runsc.  It never fails
@@ -75,5 +76,18 @@ if runsc=$(bash "$repo/scripts/build-runsc.sh"); then
 else
     unavailable "scripts/build-runsc.sh could not build runsc (its error is above)"
 fi
+# containerd 2.x (CRI plugin, runc.v2 shim) and crictl for the Kubernetes tests only: when they
+# cannot be built, only those skip (the reason goes to .cache/k8s-unavailable).
+k8s_reason_file=$repo/.cache/k8s-unavailable
+rm -f "$k8s_reason_file"
+if k8s_tools=$(bash "$repo/scripts/build-k8s-tools.sh"); then
+    say "Kubernetes tools: $(printf '%s' "$k8s_tools" | cut -f2 | tr '\n' ' ')"
+else
+    say "Kubernetes e2e tests will be skipped: scripts/build-k8s-tools.sh failed (its error is above)"
+    printf '%s\n' "scripts/build-k8s-tools.sh could not build containerd 2.x and crictl (see the CI log)" \
+        >>"$k8s_reason_file"
+fi
+command -v criu >/dev/null || printf '%s\n' "no criu (Debian: criu): containerd refuses CRI checkpoints" \
+    >>"$k8s_reason_file"
 [ -e "$reason_file" ] || say "the e2e tests can run"
 exit 0

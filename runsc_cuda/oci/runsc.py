@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping  # collections.abc pulls in collections: ~3 ms per call
 
 DEFAULT_CONFIG = "/etc/runsc-cuda/config.toml"
+DEFAULT_STATE_DIR = "/run/runsc-cuda"  # config state_dir's default
+ENV_STATE_DIR = "RUNSC_CUDA_STATE_DIR"
 ENV_CONFIG = "RUNSC_CUDA_CONFIG"
 ENV_RUNSC = "RUNSC_CUDA_RUNSC"
 
@@ -63,8 +65,8 @@ def _simple_toml_string(text: str) -> str | None:
     return value
 
 
-def fast_config_runsc(text: str) -> tuple[bool, str | None]:
-    """Read the top-level ``runsc`` key of a config file without a TOML parser.
+def fast_config_value(text: str, name: str) -> tuple[bool, str | None]:
+    """Read a top-level string key (``runsc``, ``state_dir``) of a config file without a TOML parser.
 
     Returns ``(True, value)`` when the file is simple enough to be sure
     (``value`` None when the key is absent) and ``(False, None)`` when the real
@@ -83,8 +85,8 @@ def fast_config_runsc(text: str) -> tuple[bool, str | None]:
             break  # a table: top-level keys are all behind us
         key, eq, value = line.partition("=")
         key = key.strip()
-        if key.strip("\"'") == "runsc" or key.startswith(("runsc.", '"runsc".', "'runsc'.")):
-            if key != "runsc" or not eq or found is not None:
+        if key.strip("\"'") == name or key.startswith((f"{name}.", f'"{name}".', f"'{name}'.")):
+            if key != name or not eq or found is not None:
                 return False, None
             parsed = _simple_toml_string(value.strip())
             if parsed is None:
@@ -93,6 +95,11 @@ def fast_config_runsc(text: str) -> tuple[bool, str | None]:
         elif not eq:
             return False, None
     return True, found
+
+
+def fast_config_runsc(text: str) -> tuple[bool, str | None]:
+    """``fast_config_value`` of the ``runsc`` key."""
+    return fast_config_value(text, "runsc")
 
 
 def read_config_text(environ: Mapping[str, str]) -> tuple[str, str | None]:
@@ -131,6 +138,31 @@ def configured_runsc(environ: Mapping[str, str]) -> str | None:
     from runsc_cuda import config  # the full parser, only for unusual files
 
     return config.parse_text(text, path).runsc
+
+
+def configured_state_dir(environ: Mapping[str, str]) -> str:
+    """config ``state_dir`` as ``config.load`` sees it (env, then file, then the default).
+
+    For the pass-through path: an unreadable config file gives the default here
+    (find_runsc reports it).
+    """
+    if ENV_STATE_DIR in environ:
+        return environ[ENV_STATE_DIR]
+    try:
+        path, text = read_config_text(environ)
+    except ShimError:
+        return DEFAULT_STATE_DIR
+    if text is None:
+        return DEFAULT_STATE_DIR
+    sure, value = fast_config_value(text, "state_dir")
+    if not sure:
+        from runsc_cuda import config  # the full parser, only for unusual files
+
+        try:
+            return config.parse_text(text, path).state_dir
+        except ShimError:
+            return DEFAULT_STATE_DIR
+    return DEFAULT_STATE_DIR if value is None else value
 
 
 def find_runsc(environ: Mapping[str, str], me: str | None = None) -> str:

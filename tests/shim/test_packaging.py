@@ -105,8 +105,13 @@ def test_containerd_runc_v2_runtime(name: str, version: int) -> None:
     plugin = layout.CONTAINERD_CRI_PLUGIN[version]
     assert list(doc["plugins"]) == [plugin]
     runtimes = doc["plugins"][plugin]["containerd"]["runtimes"]
+    annotations = {"pod_annotations": ["dev.runsc-cuda.*"], "container_annotations": ["dev.runsc-cuda.*"]}
     assert runtimes == {
-        layout.RUNTIME_NAME: {"runtime_type": layout.RUNC_V2_SHIM, "options": {"BinaryName": layout.BIN_PATH}}
+        layout.RUNTIME_NAME: {
+            "runtime_type": layout.RUNC_V2_SHIM,
+            "options": {"BinaryName": layout.BIN_PATH},
+            **(annotations if version == 3 else {}),
+        }
     }
     text = (PACKAGING / "containerd" / name).read_text()
     assert "criu" in text  # the note on CRI checkpoints
