@@ -534,7 +534,7 @@ class Stack:
     def leftover_processes(self) -> list[tuple[int, str]]:
         """Processes (not this one) whose command line names the stack's folder: shims, sandboxes, gofers."""
         marker = str(self.root).encode()
-        mine = ancestors()
+        mine = sandboxes.ancestors()
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) in mine:
@@ -589,20 +589,6 @@ def shim_socket(argv: list[str]) -> Path | None:
 def write_exec(path: Path, text: str) -> None:
     path.write_text(text)
     path.chmod(0o755)
-
-
-def ancestors() -> set[int]:
-    """This process and its parents (their command lines may name the folder too)."""
-    out = set()
-    pid = os.getpid()
-    while pid > 1 and pid not in out:
-        out.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    return out
 
 
 def pid_alive(pid: int) -> bool:
