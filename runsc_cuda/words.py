@@ -31,6 +31,11 @@ CUDA_HELP_TOGGLE = "--toggle"
 # runsc (release-20260817.0): `runsc wait --restore` when the sandbox was gone before it got there.
 RUNSC_SANDBOX_GONE = ("connection refused", "sandbox is not running", "no longer running", "no such file or directory")
 
+# runsc (release-20260817.0): `kill --all` of a container whose sandbox has exited.
+RUNSC_KILL_SANDBOX_GONE = ("sandbox is not running",)
+# containerd 2.x's runc.v2 shim (checkKillError) takes a kill failure as "already gone" only on runc's words.
+RUNC_NOT_RUNNING = "container not running"
+
 # runsc (release-20260817.0) help: "  -name value\n    \tdoc (default x)"; compression's doc ends in
 # "Values: none|flate-best-speed."
 RUNSC_HELP_FLAG_LINE = r"^\s+-{1,2}([A-Za-z0-9][\w-]*)(?:[ \t]+(\S.*))?$"

@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
     from runsc_cuda.oci.argv import CommandLine
 
-GONE = (b"sandbox is not running",)  # runsc's words (runsc/container, release-20260817)
-RUNC_WORDS = "container not running"  # what the runc.v2 shim's checkKillError looks for
 
 
 def wants_all(cmd: CommandLine) -> bool:
@@ -39,6 +37,7 @@ def kill_all(argv: list[str], environ: Mapping[str, str]) -> int:
     import subprocess
     import sys
 
+    from runsc_cuda import words
     from runsc_cuda.oci.runsc import child_environ, find_runsc
 
     runsc = find_runsc(environ)
@@ -46,7 +45,8 @@ def kill_all(argv: list[str], environ: Mapping[str, str]) -> int:
     sys.stdout.buffer.write(done.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(done.stderr)
-    if done.returncode != 0 and any(words in done.stdout + done.stderr for words in GONE):
-        sys.stderr.write(f"runsc-cuda: {RUNC_WORDS} (the sandbox has exited)\n")
+    said = (done.stdout + done.stderr).decode(errors="replace")
+    if done.returncode != 0 and words.says_gone(said, words.RUNSC_KILL_SANDBOX_GONE):
+        sys.stderr.write(f"runsc-cuda: {words.RUNC_NOT_RUNNING} (the sandbox has exited)\n")
     sys.stderr.flush()
     return done.returncode if done.returncode >= 0 else 128 - done.returncode
