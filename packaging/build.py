@@ -33,6 +33,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from runsc_cuda import __version__, conffile, layout  # noqa: E402
+from runsc_cuda.oci.help import GPU_RELEASE  # noqa: E402
 
 PYINSTALLER_DIST = REPO / "build" / "pyinstaller" / "dist"
 PYINSTALLER_WORK = REPO / "build" / "pyinstaller" / "work"
@@ -42,6 +43,10 @@ DOCS = REPO / "docs"
 EXAMPLES = ("docker", "containerd", "kubernetes")
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64el", "s390x": "s390x"}
 DEFAULT_MAINTAINER = "runsc-cuda maintainers <maintainers@runsc-cuda.invalid>"
+# gVisor's apt repository versions runsc by release date (release-20260817.0 is 20260817.0); a
+# distribution's own package is older and numbered below it (Debian 12: 0.0~20221219.0-2+b3, no nvproxy),
+# so apt never pulls that one in for runsc-cuda.
+RUNSC_RELATION = f"runsc (>= {GPU_RELEASE.removeprefix('release-')})"
 
 
 def machine() -> str:
@@ -213,7 +218,7 @@ def control_text(version: str, arch: str, installed_kib: int, maintainer: str) -
     if libc:
         fields.append(("Depends", f"libc6 (>= {libc})"))
     fields += [
-        ("Recommends", "runsc"),
+        ("Recommends", RUNSC_RELATION),
         ("Suggests", "criu"),
         ("Section", "admin"),
         ("Priority", "optional"),

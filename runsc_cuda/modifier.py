@@ -3,7 +3,9 @@
 A GPU container's config.json gets the host's cuda-checkpoint mounted
 read-only (runsc compares mounts on restore, so the mount is the same every
 time); a non-GPU bundle is never written.  The call gets ``--nvproxy=true``
-unless the caller set nvproxy either way.
+unless the caller set nvproxy either way, and a GPU call that would pass
+--nvproxy to a runsc without it (Debian 12's own, gVisor of 2022) is refused
+before the bundle is touched (oci.help keeps what it learnt about the binary).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runsc_cuda.cuda import host
+from runsc_cuda.errors import refusal
 from runsc_cuda.logs import Note
-from runsc_cuda.oci import spec, verbs
+from runsc_cuda.oci import help, spec, verbs
 from runsc_cuda.oci.argv import CommandLine, Flag, VerbArgs, parse_verb_args
 from runsc_cuda.session import Session
 
@@ -46,14 +49,25 @@ def translated_args(session: Session, verb: str) -> VerbArgs:
     return translation.args
 
 
-def patch_bundle(session: Session, bundle_path: str, cid: str | None) -> spec.GpuRequest:
-    """Read the bundle; for a GPU container, mount cuda-checkpoint. A non-GPU bundle is never written."""
+def check_runsc_serves_gpus(session: Session, cmd: CommandLine) -> None:
+    """Refuse (ShimError) a GPU call whose --nvproxy this runsc does not know: it would only print its usage."""
+    if cmd.global_flag(help.NVPROXY_FLAG) is None:
+        return
+    problem = help.no_nvproxy_problem(session)
+    if problem is not None:
+        raise refusal(problem)
+
+
+def patch_bundle(session: Session, bundle_path: str, cid: str | None, cmd: CommandLine) -> spec.GpuRequest:
+    """Read the bundle; for a GPU container, check that runsc can serve ``cmd`` and mount
+    cuda-checkpoint. A non-GPU bundle is never written."""
     bundle = spec.read(bundle_path)
     gpu = spec.gpu_request(bundle.doc)
     report = session.report
     if not gpu.wanted:
         report.debug("not a GPU container", container=cid, reason=gpu.reason)
         return gpu
+    check_runsc_serves_gpus(session, with_nvproxy(cmd, session.config.nvproxy))
     cfg = session.config
     binary = host.find_cuda_checkpoint(cfg.cuda_checkpoint, session.environ, cfg.trust_cuda_checkpoint)
     source: str | None = None
@@ -79,8 +93,8 @@ def prepare(session: Session, verb: str, args: VerbArgs | None = None) -> Prepar
     args = translated_args(session, verb) if args is None else args
     cid = verbs.container_id(args)
     bundle_path = spec.bundle_dir(args.value("bundle"), session.cwd)
-    gpu = patch_bundle(session, bundle_path, cid)
     cmd = session.cmd.with_rest(args.tokens())
+    gpu = patch_bundle(session, bundle_path, cid, cmd)
     if gpu.wanted:
         cmd = with_nvproxy(cmd, session.config.nvproxy)
     return Prepared(cmd, args, bundle_path, gpu, cid)

@@ -40,6 +40,15 @@ class Session:
         self.report.debug("runsc call", argv=argv, rc=result.returncode, seconds=round(result.duration, 4))
         return result
 
+    def ask_runsc(self, args: Sequence[str]) -> Result:
+        """A runsc call about the binary itself (``flags``, ``--version``): the caller's global flags
+        less the nvproxy ones, which would make an old runsc print only its usage."""
+        kept = [t for flag in self.cmd.global_flags if not flag.name.startswith("nvproxy") for t in flag.tokens]
+        argv = [self.runsc, *kept, *args]
+        result = self.runner.run(argv, self.config.runsc_call_timeout_s)
+        self.report.debug("runsc call", argv=argv, rc=result.returncode, seconds=round(result.duration, 4))
+        return result
+
     def interrupted(self) -> str | None:
         """``interrupted by SIGTERM`` once a stop was asked for, else None."""
         return f"interrupted by {self.stop.name()}" if self.stop() else None

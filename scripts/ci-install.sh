@@ -89,5 +89,40 @@ else
 fi
 command -v criu >/dev/null || printf '%s\n' "no criu (Debian: criu): containerd refuses CRI checkpoints" \
     >>"$k8s_reason_file"
+
+# Debian's own runsc package (gVisor of December 2022: no --nvproxy), unpacked into a private
+# folder for tests/e2e/test_old_runsc.py, never installed over the system.  Optional: when it
+# cannot be had, .cache/runsc-debian-unavailable says why and only those tests skip.
+old_dir=$repo/.cache/runsc-debian
+old_reason=$repo/.cache/runsc-debian-unavailable
+rm -f "$old_reason"
+old_unavailable() {
+    say "Debian's runsc: $* (tests/e2e/test_old_runsc.py will skip)"
+    printf '%s\n' "$*" >"$old_reason"
+}
+if [ -x "$old_dir/usr/bin/runsc" ]; then
+    say "Debian's runsc: $old_dir/usr/bin/runsc"
+elif ! command -v apt-get >/dev/null || ! command -v dpkg >/dev/null; then
+    old_unavailable "no apt-get and dpkg here"
+else
+    if ! apt-cache policy runsc 2>/dev/null | grep -q 'Candidate: [0-9]' && [ "$(id -u)" = 0 ]; then
+        timeout 600 apt-get -q -o DPkg::Lock::Timeout=300 update >/dev/null 2>&1 || say "apt-get update failed"
+    fi
+    candidate=$(apt-cache policy runsc 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    tmp=$(mktemp -d) && chmod 755 "$tmp" # apt's _apt user downloads into it
+    log=$tmp/log
+    if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
+        old_unavailable "apt knows no runsc package here"
+    elif ! (cd "$tmp" && timeout 300 apt-get -q download runsc) >"$log" 2>&1; then
+        old_unavailable "apt-get download runsc ($candidate) failed: $(tail -n 1 "$log")"
+    elif ! dpkg -x "$tmp"/runsc_*.deb "$tmp/root" 2>"$log" || [ ! -x "$tmp/root/usr/bin/runsc" ]; then
+        old_unavailable "dpkg -x of runsc $candidate failed: $(tail -n 1 "$log")"
+    else
+        rm -rf "$old_dir" && mkdir -p "$(dirname "$old_dir")" && mv "$tmp/root" "$old_dir"
+        say "Debian's runsc $candidate: $old_dir/usr/bin/runsc"
+    fi
+    rm -rf "$tmp"
+fi
+
 [ -e "$reason_file" ] || say "the e2e tests can run"
 exit 0

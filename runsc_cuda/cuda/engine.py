@@ -8,9 +8,10 @@ exec: runsc-cuda orchestrates cuda-checkpoint through ``runsc exec``.
 from __future__ import annotations
 
 from runsc_cuda.errors import ShimError
+from runsc_cuda.oci.help import GPU_RELEASE
 
 NATIVE_FLAG = "cuda-checkpoint-path"
-NATIVE_RELEASE = "release-20260608.0"  # the first runsc release whose checkpoint has NATIVE_FLAG
+NATIVE_RELEASE = GPU_RELEASE  # the first runsc release whose checkpoint has NATIVE_FLAG (release-20260608.0)
 SEQUENTIAL_FLAG = "cuda-checkpoint-sequential"
 
 

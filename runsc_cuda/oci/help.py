@@ -1,10 +1,11 @@
 """What the installed runsc can do, read from its own help: one reader, one cache, one parser.
 
-``runsc help VERB`` is asked once per runsc binary and verb: the answers are
-kept in ``state_dir`` (a tmpfs under /run by default) keyed by the binary's
-identity, since every checkpoint and restore needs two or three of them and
-each costs a runsc start (20-40 ms).  Features are found from flags, never from
-version strings (a source build has none).
+``runsc help VERB``, ``runsc flags`` (the global flags, on stderr) and ``runsc
+--version`` are asked once per runsc binary: the answers are kept in
+``state_dir`` (a tmpfs under /run by default) keyed by the binary's identity,
+since every checkpoint and restore needs two or three of them and each costs a
+runsc start (20-40 ms).  Features are found from flags, never from version
+strings (a source build has none); the version is only reported.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ if TYPE_CHECKING:
 
 HELP_FILE = "runsc-help.json"
 HELP_FILE_MAX = 1 << 20
+
+# gVisor's own apt repository and release binaries: what runsc-cuda asks for (the .deb's Recommends,
+# doctor's fixes, the refusal below).  Debian 12's own runsc package (0.0~20221219.0) has no nvproxy.
+GPU_RELEASE = "release-20260608.0"
+WHERE_TO_GET = "gVisor's apt repository or release binaries, https://gvisor.dev/docs/user_guide/install/"
+NVPROXY_FLAG = "nvproxy"
+
+# Cache keys of the answers that are not ``help VERB`` (a verb never starts with ':').
+_FLAGS = ":flags"
+_VERSION = ":version"
+_ARGV = {_FLAGS: ("flags",), _VERSION: ("--version",)}
 
 _FLAG_LINE = re.compile(words.RUNSC_HELP_FLAG_LINE)
 _DEFAULT = re.compile(words.RUNSC_HELP_DEFAULT)
@@ -107,23 +119,29 @@ def _save_help_file(path: str, key: list[object], texts: dict[str, str]) -> None
         files.write_atomic(path, json.dumps({"binary": key, "help": texts}), durable=False)
 
 
-def help_text(session: Session, verb: str) -> str:
-    """``runsc help VERB`` (empty when runsc cannot say), asked once per runsc binary."""
-    mem_key = (session.runsc, verb)
+def _answer(session: Session, topic: str) -> str:
+    """runsc's answer on ``topic`` (a verb for ``help VERB``, or a key of _ARGV), asked once per
+    runsc binary; a failed call's answer is kept for this process only."""
+    mem_key = (session.runsc, topic)
     if mem_key in _MEMORY:
         return _MEMORY[mem_key]
     binary = _binary_key(session.runsc)
     path = os.path.join(session.config.state_dir, HELP_FILE)
     saved = _load_help_file(path, binary) if binary is not None else {}
-    if verb in saved:
-        _MEMORY[mem_key] = saved[verb]
-        return saved[verb]
-    result = session.call_runsc(["help", verb])
+    if topic in saved:
+        _MEMORY[mem_key] = saved[topic]
+        return saved[topic]
+    result = session.ask_runsc(_ARGV[topic]) if topic in _ARGV else session.call_runsc(["help", topic])
     text = (result.stdout + result.stderr).decode("utf-8", errors="replace")
     _MEMORY[mem_key] = text
     if binary is not None and result.ok:
-        _save_help_file(path, binary, {**saved, verb: text})
+        _save_help_file(path, binary, {**saved, topic: text})
     return text
+
+
+def help_text(session: Session, verb: str) -> str:
+    """``runsc help VERB`` (empty when runsc cannot say), asked once per runsc binary."""
+    return _answer(session, verb)
 
 
 def read(session: Session, verb: str) -> RunscHelp:
@@ -131,8 +149,41 @@ def read(session: Session, verb: str) -> RunscHelp:
     return RunscHelp.parse(help_text(session, verb))
 
 
+def global_flags(session: Session) -> RunscHelp:
+    """What ``runsc flags`` says (every global flag), parsed; no flags when runsc cannot say."""
+    return RunscHelp.parse(_answer(session, _FLAGS))
+
+
 def version(session: Session) -> str:
-    """The first line of ``runsc --version`` (bounded), for the image sidecar."""
-    result = session.call_runsc(["--version"])
-    first = result.stdout.decode("utf-8", errors="replace").strip().splitlines()
+    """The first line of ``runsc --version`` (bounded), for the image sidecar and messages."""
+    first = _answer(session, _VERSION).strip().splitlines()
     return first[0][:200] if first else ""
+
+
+# --- what a GPU container needs ------------------------------------------------------------
+
+
+def has_nvproxy(flags: RunscHelp) -> bool | None:
+    """Whether runsc's global flags include --nvproxy; None when it listed no flags at all."""
+    return flags.knows(NVPROXY_FLAG) if flags.flags else None
+
+
+def describe_release(version_text: str) -> str:
+    """``runsc version X`` -> X, or what a source build (VERSION_MISSING) or silence means."""
+    found = parse_version(version_text)
+    if found is None:
+        return "version unknown"
+    if found in ("", "VERSION_MISSING"):
+        return f"{found or 'no version'}: a source build"
+    return found
+
+
+def no_nvproxy_problem(session: Session) -> str | None:
+    """Why this runsc cannot run GPU containers (it has no --nvproxy), or None when it can or cannot say."""
+    if has_nvproxy(global_flags(session)) is not False:
+        return None
+    release = describe_release(version(session))
+    return (
+        f"this runsc ({release}, {session.runsc}) cannot run GPU containers: it has no --{NVPROXY_FLAG}; "
+        f"install gVisor {GPU_RELEASE} or later ({WHERE_TO_GET})"
+    )

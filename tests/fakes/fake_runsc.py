@@ -7,7 +7,8 @@ It behaves like runsc release-20260817 in the ways runsc-cuda relies on:
 - Containers live in ``--root``: created / running / paused / stopped.
 - ``state``, ``ps --format json``, ``pause``, ``resume``, ``kill``, ``delete``,
   ``exec`` (refusing a paused container), ``checkpoint`` and ``restore`` (an
-  image folder), ``--version``, ``help VERB`` and ``VERB --help``.
+  image folder), ``--version``, ``help VERB``, ``VERB --help`` and ``flags`` (the
+  global flags, on stderr, exit 0).
 - Errors go to stderr and, as runsc does, to ``--log`` as JSON objects
   *without* a trailing newline; every failure exits 128.
 - ``exec`` of a path that a bind mount of the container's spec puts there runs
@@ -23,6 +24,9 @@ What the fake's container holds comes from its spec's annotations:
 
 Test switches (environment):
   FAKE_RUNSC_OLD=1             an older runsc: checkpoint has no --cuda-checkpoint-path
+  FAKE_RUNSC_OLD=2022          Debian 12's runsc (gVisor of 2022, version 0.0~20221219.0): no nvproxy
+                               flags (an unknown global flag exits 2 with the usage), and checkpoint and
+                               restore have only the flags that release had (no image flags)
   FAKE_RUNSC_FAULTS=<json>     [{"verb": "checkpoint", "fault": "fail"|"hang"|"garbage"|"die"|"empty",
                                  "times": 1, "skip": 0, "match": "<substring of argv>"}]
     verb:  a subcommand, or "help" / "version" for ``help VERB`` / ``--version``
@@ -231,6 +235,13 @@ VERBS: dict[str, tuple[set[str], set[str]]] = {
     "wait": (_HELP | {"checkpoint", "restore", "fscheckpoint", "fsrestore"}, {"pid", "rootpid"}),
 }
 OLD_RUNSC_DROPS = {"cuda-checkpoint-path", "cuda-checkpoint-sequential"}
+# Debian 12's runsc (0.0~20221219.0), as its `runsc flags` and `runsc help checkpoint|restore` print.
+RUNSC_2022_VERSION = "0.0~20221219.0"
+RUNSC_2022_VERBS: dict[str, set[str]] = {
+    "checkpoint": {"help", "h", "image-path", "leave-running", "work-path"},
+    "restore": {"help", "h", "bundle", "console-socket", "detach", "image-path", "no-subreaper", "pid-file"}
+    | {"user-log", "work-path"},
+}
 COMPRESSIONS = {"none", "flate-best-speed"}
 PIDS_ANNOTATION = "test.fake-runsc/pids"
 CUDA_PIDS_ANNOTATION = "test.fake-runsc/cuda-pids"
@@ -500,17 +511,28 @@ class Fake:
             os.kill(os.getppid(), self.signal_after)
         return code
 
+    def is_2022(self) -> bool:
+        return self.env.get("FAKE_RUNSC_OLD") == "2022"
+
+    def global_flag_names(self) -> tuple[set[str], set[str]]:
+        if self.is_2022():
+            return {n for n in GLOBAL_BOOLS if not n.startswith("nvproxy")}, {
+                n for n in GLOBAL_VALUES if not n.startswith("nvproxy")
+            }
+        return GLOBAL_BOOLS, GLOBAL_VALUES
+
     def dispatch(self) -> int:
         try:
-            self.globals, rest = GoFlags(GLOBAL_BOOLS, GLOBAL_VALUES).parse(self.argv[1:])
+            self.globals, rest = GoFlags(*self.global_flag_names()).parse(self.argv[1:])
         except Fatal as e:
             sys.stderr.write(e.message + "\nUsage: runsc <flags> <subcommand> <subcommand args>\n")
             raise SystemExit(2) from None
         self.root = self.globals.get("root", "/var/run/runsc")
         if truthy(self.globals, "version"):
             self.fault("version")
-            version = self.env.get("FAKE_RUNSC_VERSION", "fake-20260817.0")
-            print(f"runsc version {version}\nspec: 1.2.1")
+            default = RUNSC_2022_VERSION if self.is_2022() else "fake-20260817.0"
+            version = self.env.get("FAKE_RUNSC_VERSION", default)
+            print(f"runsc version {version}\nspec: {'1.0.2-dev' if self.is_2022() else '1.2.1'}")
             return 0
         if not rest:
             sys.stderr.write("Usage: runsc <flags> <subcommand> <subcommand args>\n")
@@ -519,6 +541,12 @@ class Fake:
         if verb == "help":
             self.fault("help")
             return self.help(args)
+        if verb == "flags":  # runsc prints every global flag on stderr (Go's PrintDefaults) and exits 0
+            self.fault("flags")
+            bools, values = self.global_flag_names()
+            for name in sorted(bools | values):
+                sys.stderr.write(f"  -{name}{' string' if name in values else ''}\n    \tfake flag\n")
+            return 0
         if verb not in VERBS:
             sys.stderr.write("Usage: runsc <flags> <subcommand> <subcommand args>\n")
             raise SystemExit(128)
@@ -545,6 +573,8 @@ class Fake:
         }
         if verb == "checkpoint" and self.env.get("FAKE_RUNSC_OLD"):
             drops |= OLD_RUNSC_DROPS
+        if self.is_2022():
+            drops |= (bools | values) - RUNSC_2022_VERBS.get(verb, bools | values)
         return bools - drops, values - drops
 
     def compression_default(self) -> str:

@@ -386,6 +386,9 @@ class StubSession:
     def call_runsc(self, args: list[str], timeout: float | None = None) -> Result:
         return self.result
 
+    def ask_runsc(self, args: list[str]) -> Result:
+        return self.result
+
 
 def check_help_and_errors(value: tuple[bytes, bytes, int]) -> None:
     out, err, code = value

@@ -24,6 +24,15 @@ PACKAGING = REPO / "packaging"
 
 RUNSC_HELP_NATIVE = "checkpoint [flags] <container id>\n  -cuda-checkpoint-path string\n  -image-path string\n"
 RUNSC_HELP_OLD = "checkpoint [flags] <container id>\n  -image-path string\n  -leave-running\n"
+RUNSC_HELP_CHECKPOINT = (
+    RUNSC_HELP_NATIVE + "  -compression value\n  -direct\n  -exclude-committed-zero-pages\n  -leave-running\n"
+)
+RUNSC_HELP_RESTORE = (
+    "restore [flags] <container id>\n  -background\n  -bundle string\n  -direct\n  -image-path string\n"
+)
+# `runsc flags` prints on stderr (Go's PrintDefaults), as both the 2022 and the 2026 runsc do.
+RUNSC_FLAGS = "  -debug\n    \tenable debug logging.\n  -nvproxy\n    \tLEGACY: enable support for Nvidia GPUs.\n"
+RUNSC_FLAGS_2022 = "  -debug\n    \tenable debug logging.\n  -root string\n    \troot directory for storage.\n"
 CC_HELP_555 = "Operations:\n--get-state --pid <pid>\n--action lock | checkpoint | restore | unlock --pid <pid>\n"
 CC_HELP_550 = "Usage: cuda-checkpoint --toggle --pid <pid>\n"
 VERSION_580 = (
@@ -35,6 +44,10 @@ H100 = "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 200\nGPU UUID: \t GPU-000
 
 def probe(argv: str, stdout: str = "", code: int = 0, error: str | None = None) -> doctor_facts.Probe:
     return doctor_facts.Probe(tuple(argv.split()), code, stdout, "", error)
+
+
+def runsc_flags(stderr: str, code: int = 0) -> doctor_facts.Probe:
+    return doctor_facts.Probe(("runsc", "flags"), code, "", stderr)
 
 
 def exe(path: str, uid: int = 0, mode: int = 0o755) -> doctor_facts.FileInfo:
@@ -51,7 +64,9 @@ def healthy(**changes: Any) -> doctor_facts.Facts:
         runsc="/usr/local/bin/runsc",
         runsc_error=None,
         runsc_version=probe("runsc --version", "runsc version release-20260817.0\nspec: 1.2.1\n"),
-        runsc_help_checkpoint=probe("runsc help checkpoint", RUNSC_HELP_NATIVE),
+        runsc_help_checkpoint=probe("runsc help checkpoint", RUNSC_HELP_CHECKPOINT),
+        runsc_help_restore=probe("runsc help restore", RUNSC_HELP_RESTORE),
+        runsc_flags=runsc_flags(RUNSC_FLAGS),
         cuda_checkpoint=host.HostBinary("/usr/bin/cuda-checkpoint", "default"),
         cuda_checkpoint_file=exe("/usr/bin/cuda-checkpoint"),
         cuda_checkpoint_help=probe("cuda-checkpoint --help", CC_HELP_555),
@@ -106,7 +121,9 @@ def test_every_failure_has_a_one_line_fix() -> None:
 def test_runsc_missing_skips_what_depends_on_it() -> None:
     found = by_id(doctor.checks(healthy(runsc=None, runsc_error="runsc not found on PATH")))
     assert found["runsc.found"].failed and found["runsc.found"].required
-    assert {found[k].status for k in ("runsc.runs", "runsc.version", "runsc.native")} == {checks.SKIP}
+    skipped = ("runsc.runs", "runsc.version", "runsc.nvproxy", "runsc.native", "runsc.image_flags")
+    assert {found[k].status for k in skipped} == {checks.SKIP}
+    assert found["runsc.nvproxy"].required
 
 
 def test_runsc_that_does_not_run() -> None:
@@ -124,6 +141,60 @@ def test_old_runsc_means_the_exec_engine_which_needs_action_and_555() -> None:
     assert "exec engine is used" in native.detail
     assert found["cuda_checkpoint.action"].required
     assert found["driver.version"].required
+    assert checks.exit_status(list(found.values())) == 0
+
+
+def test_a_runsc_without_nvproxy_fails_a_required_check_naming_its_release() -> None:
+    """Debian 12's runsc: it runs, but no GPU container starts under it."""
+    facts = healthy(
+        runsc_version=probe("runsc --version", "runsc version 0.0~20221219.0\nspec: 1.0.2-dev\n"),
+        runsc_flags=runsc_flags(RUNSC_FLAGS_2022),
+    )
+    found = by_id(doctor.checks(facts))
+    assert found["runsc.runs"].status == checks.OK
+    assert found["runsc.version"].detail == "0.0~20221219.0"
+    nvproxy = found["runsc.nvproxy"]
+    assert nvproxy.failed and nvproxy.required
+    assert "no --nvproxy (0.0~20221219.0)" in nvproxy.detail
+    assert nvproxy.fix.startswith("install gVisor release-20260608.0 or later from gVisor's apt repository")
+    assert "\n" not in nvproxy.fix
+    assert checks.exit_status(list(found.values())) == 1
+
+
+def test_runsc_flags_that_do_not_answer_fail_nvproxy_rather_than_pass_it() -> None:
+    facts = healthy(runsc_flags=runsc_flags("flag provided but not defined: -x\n", 2))
+    nvproxy = by_id(doctor.checks(facts))["runsc.nvproxy"]
+    assert nvproxy.failed and nvproxy.required
+    assert "exit status 2" in nvproxy.detail
+
+
+@pytest.mark.parametrize(
+    ("stdout", "shown"),
+    [
+        ("runsc version VERSION_MISSING\nspec: 1.2.1\n", "VERSION_MISSING: a source build"),
+        ("runsc version \nspec: 1.2.1\n", "version unknown"),
+        ("spec: 1.2.1\n", "version unknown"),
+    ],
+)
+def test_a_source_build_is_reported_as_one_and_judged_by_its_flags(stdout: str, shown: str) -> None:
+    found = by_id(doctor.checks(healthy(runsc_version=probe("runsc --version", stdout))))
+    assert found["runsc.version"].detail == shown
+    assert found["runsc.nvproxy"].status == checks.OK
+
+
+def test_missing_image_flags_are_named_and_optional() -> None:
+    facts = healthy(
+        runsc_help_checkpoint=probe("runsc help checkpoint", RUNSC_HELP_NATIVE),
+        runsc_help_restore=probe("runsc help restore", "restore [flags] <container id>\n  -direct\n"),
+    )
+    found = by_id(doctor.checks(facts))
+    image = found["runsc.image_flags"]
+    assert image.failed and not image.required
+    assert image.detail == (
+        "no checkpoint --compression, checkpoint --exclude-committed-zero-pages, checkpoint --direct, "
+        "restore --background: those image options are left out"
+    )
+    assert "release-20260608.0" in image.fix
     assert checks.exit_status(list(found.values())) == 0
 
 
@@ -476,6 +547,16 @@ def test_gather_old_runsc_and_driver_550(host_files: dict[str, Path]) -> None:
     assert checks.exit_status(list(found.values())) == 1
 
 
+def test_gather_debian_2022_runsc(host_files: dict[str, Path]) -> None:
+    found = by_id(gather(host_files, FAKE_RUNSC_OLD="2022"))
+    assert found["runsc.runs"].status == checks.OK
+    assert found["runsc.version"].detail == "0.0~20221219.0"
+    assert found["runsc.nvproxy"].failed and found["runsc.nvproxy"].required
+    assert found["runsc.native"].failed and not found["runsc.native"].required
+    assert found["runsc.image_flags"].failed and not found["runsc.image_flags"].required
+    assert checks.exit_status(list(found.values())) == 1
+
+
 def test_gather_without_driver(tmp_path: Path, host_files: dict[str, Path]) -> None:
     host_files["proc"] = tmp_path / "no-such-proc"
     found = by_id(gather(host_files))
@@ -534,7 +615,12 @@ def test_gather_passes_global_flags_to_runsc(host_files: dict[str, Path]) -> Non
 
     gather_facts(fake_environ(host_files), ["--root", "/x"], "/nonexistent", "/nonexistent", run=run)
     runsc_calls = [argv for argv in calls if argv[0].endswith("/runsc")]
-    assert [argv[1:] for argv in runsc_calls] == [["--root", "/x", "--version"], ["--root", "/x", "help", "checkpoint"]]
+    assert [argv[1:] for argv in runsc_calls] == [
+        ["--root", "/x", "--version"],
+        ["--root", "/x", "flags"],
+        ["--root", "/x", "help", "checkpoint"],
+        ["--root", "/x", "help", "restore"],
+    ]
 
 
 def test_gather_unreadable_config(host_files: dict[str, Path]) -> None:
@@ -572,7 +658,9 @@ def test_verb_json_on_a_healthy_host(shim: Shim, host_files: dict[str, Path]) ->
     assert {c["status"] for c in doc["checks"]} == {"ok"}
     assert shim.runsc_argvs() == [
         ["--root", str(shim.root), "--version"],
+        ["--root", str(shim.root), "flags"],
         ["--root", str(shim.root), "help", "checkpoint"],
+        ["--root", str(shim.root), "help", "restore"],
     ]
 
 

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from runsc_cuda import conffile, layout
+from runsc_cuda.oci import help
 
 import fakes
 from support import REPO
@@ -294,6 +295,46 @@ def test_deb_control(deb: Deb) -> None:
         member = tar.extractfile("./conffiles")
         assert member is not None
         assert member.read().decode() == layout.CONFIG_PATH + "\n"
+
+
+def compare_versions(a: str, op: str, b: str) -> bool:
+    return subprocess.run(["dpkg", "--compare-versions", a, op, b], check=False).returncode == 0
+
+
+def distribution_runsc() -> str | None:
+    """The candidate version of the distribution's own runsc package (apt-cache policy), if apt knows one."""
+    if not shutil.which("apt-cache"):
+        return None
+    out = subprocess.run(["apt-cache", "policy", "runsc"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+        key, _, value = line.strip().partition(": ")
+        if key == "Candidate" and value and value != "(none)":
+            return value
+    return None
+
+
+def test_deb_recommends_only_a_runsc_with_nvproxy(deb: Deb) -> None:
+    """Debian 12's runsc (0.0~20221219.0, no nvproxy) must not meet the relation; gVisor's own releases must."""
+    relation = deb_field(deb, "Recommends")
+    assert relation == "runsc (>= 20260608.0)"
+    minimum = relation.split(">= ")[1].rstrip(")")
+    assert minimum == help.GPU_RELEASE.removeprefix("release-")
+    assert not compare_versions("0.0~20221219.0-2+b3", "ge", minimum)  # Debian 12's own package
+    for gvisor in ("20260608.0", "20260817.0", "20270101.0"):  # gVisor's apt repository: release-<date>
+        assert compare_versions(gvisor, "ge", minimum)
+
+
+def test_apt_does_not_pull_in_the_distributions_runsc(deb: Deb) -> None:
+    """Where apt knows an old runsc package, installing the .deb (simulated) leaves it out."""
+    candidate = distribution_runsc()
+    if candidate is None:
+        pytest.skip("apt knows no runsc package here (apt-get update, or not a Debian-like host)")
+    if compare_versions(candidate, "ge", help.GPU_RELEASE.removeprefix("release-")):
+        pytest.skip(f"apt's runsc {candidate} is new enough, so pulling it in would be right")
+    out = subprocess.run(["apt-get", "install", "-s", str(deb.path)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "Inst runsc-cuda " in out.stdout
+    assert "Inst runsc " not in out.stdout, f"apt would install runsc {candidate}, which has no nvproxy"
 
 
 def test_deb_layout(deb: Deb) -> None:

@@ -1,12 +1,14 @@
 """The checks of ``runsc-cuda doctor`` for this host's own parts: pure functions of the facts.
 
-Required: the config loads; runsc is found and runs; a trusted host
+Required: the config loads; runsc is found, runs and has nvproxy (``runsc
+flags`` lists ``--nvproxy``: without it no GPU container starts); a trusted host
 cuda-checkpoint exists (by the same rule ``create`` uses before it mounts one:
 ``cuda.host.trust_problem``); the NVIDIA driver is there with GPUs.  What the
 checkpoint engine needs is required for the engine that will be used
 (``--action`` and driver 555+ for the exec engine, runsc's
 ``--cuda-checkpoint-path`` for the native one).  Every failed check says how to
-fix it in one line.
+fix it in one line.  runsc's version is only reported (a source build has
+none); what it can do is read from its flags.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runsc_cuda import layout
-from runsc_cuda.commands.doctor.facts import Facts
+from runsc_cuda.commands.doctor.facts import Facts, Probe
 from runsc_cuda.cuda import engine, host, protocol
-from runsc_cuda.oci.help import RunscHelp, parse_version
+from runsc_cuda.image import tuning
+from runsc_cuda.oci import help
+from runsc_cuda.oci.help import RunscHelp
 
 DRIVER_NEEDED = 555  # cuda-checkpoint --action and --get-state
 DRIVER_RECOMMENDED = 570
@@ -104,9 +108,11 @@ def check_runsc(f: Facts) -> list[Check]:
         for cid, title in (
             ("runsc.runs", "runsc runs"),
             ("runsc.version", "runsc version"),
+            ("runsc.nvproxy", NVPROXY_TITLE),
             ("runsc.native", "runsc native CUDA checkpoint"),
+            ("runsc.image_flags", IMAGE_FLAGS_TITLE),
         ):
-            out.append(_skip(cid, title, "runsc not found"))
+            out.append(_skip(cid, title, "runsc not found", required=cid != "runsc.image_flags"))
         return out
     out.append(_ok("runsc.found", "runsc found", f.runsc))
     probe = f.runsc_version
@@ -114,11 +120,13 @@ def check_runsc(f: Facts) -> list[Check]:
         detail = probe.describe() if probe else "not run"
         out.append(_fail("runsc.runs", "runsc runs", f"{f.runsc} --version: {detail}", f"reinstall runsc ({f.runsc})"))
         out.append(_skip("runsc.version", "runsc version", "runsc does not run", required=False))
+        out.append(_skip("runsc.nvproxy", NVPROXY_TITLE, "runsc does not run"))
         out.append(_skip("runsc.native", "runsc native CUDA checkpoint", "runsc does not run", required=False))
+        out.append(_skip("runsc.image_flags", IMAGE_FLAGS_TITLE, "runsc does not run", required=False))
         return out
     out.append(_ok("runsc.runs", "runsc runs", f"{f.runsc} --version exits 0"))
-    version = parse_version(probe.stdout)
-    out.append(_ok("runsc.version", "runsc version", version or "unknown (a source build?)", required=False))
+    out.append(_ok("runsc.version", "runsc version", help.describe_release(probe.stdout), required=False))
+    out.append(check_nvproxy(f))
     setting = engine_setting(f)
     title = "runsc native CUDA checkpoint"
     native = runsc_is_native(f)
@@ -135,7 +143,47 @@ def check_runsc(f: Facts) -> list[Check]:
         if required:
             fix += ', or set engine = "exec"'
         out.append(_fail("runsc.native", title, detail, fix, required=required))
+    out.append(check_image_flags(f))
     return out
+
+
+NVPROXY_TITLE = "runsc has nvproxy (GPU containers)"
+IMAGE_FLAGS_TITLE = "runsc checkpoint/restore image flags"
+UPGRADE = f"install gVisor {help.GPU_RELEASE} or later from {help.WHERE_TO_GET}"
+
+
+def _help_of(probe: Probe | None) -> RunscHelp | None:
+    return RunscHelp.parse(probe.stdout + probe.stderr) if probe is not None and probe.ok else None
+
+
+def check_nvproxy(f: Facts) -> Check:
+    """``runsc flags`` (on stderr) lists --nvproxy: create passes it for every GPU container."""
+    probe = f.runsc_flags
+    flags = _help_of(probe)
+    found = help.has_nvproxy(flags) if flags is not None else None
+    if found is None:
+        detail = f"runsc flags: {probe.describe() if probe else 'not run'}"
+        return _fail("runsc.nvproxy", NVPROXY_TITLE, detail, f"reinstall runsc ({f.runsc}), or {UPGRADE}")
+    if not found:
+        version = f.runsc_version.stdout if f.runsc_version is not None else ""
+        release = help.describe_release(version)
+        detail = f"runsc flags lists no --{help.NVPROXY_FLAG} ({release}): no GPU container starts"
+        return _fail("runsc.nvproxy", NVPROXY_TITLE, detail, UPGRADE)
+    return _ok("runsc.nvproxy", NVPROXY_TITLE, f"--{help.NVPROXY_FLAG}")
+
+
+def check_image_flags(f: Facts) -> Check:
+    """The image flags runsc-cuda may add (image.tuning.KNOBS): those runsc lacks are never passed."""
+    helps = {"checkpoint": _help_of(f.runsc_help_checkpoint), "restore": _help_of(f.runsc_help_restore)}
+    unread = [verb for verb, text in helps.items() if text is None]
+    if unread:
+        detail = f"runsc help {'|'.join(unread)} did not answer"
+        return _fail("runsc.image_flags", IMAGE_FLAGS_TITLE, detail, f"reinstall runsc ({f.runsc})", required=False)
+    missing = [f"{k.verb} --{k.flag}" for k in tuning.KNOBS if not (helps[k.verb] or RunscHelp()).knows(k.flag)]
+    if missing:
+        detail = f"no {', '.join(missing)}: those image options are left out"
+        return _fail("runsc.image_flags", IMAGE_FLAGS_TITLE, detail, f"for them, {UPGRADE}", required=False)
+    return _ok("runsc.image_flags", IMAGE_FLAGS_TITLE, ", ".join(f"{k.verb} --{k.flag}" for k in tuning.KNOBS), False)
 
 
 # --- cuda-checkpoint -----------------------------------------------------------------

@@ -79,3 +79,6 @@ class Facts:
     registered: Mapping[str, FileInfo] = field(default_factory=dict)
     criu: str | None = None
     own: tuple[str, ...] = ()
+    # ``runsc flags`` (every global flag: is there --nvproxy?) and ``runsc help restore`` (image flags).
+    runsc_flags: Probe | None = None
+    runsc_help_restore: Probe | None = None

@@ -1,5 +1,5 @@
-"""``runsc-cuda doctor``'s I/O: it loads the config, runs ``runsc --version``, ``runsc help
-checkpoint`` and (only when it is trusted) ``cuda-checkpoint --help``, stats files, reads
+"""``runsc-cuda doctor``'s I/O: it loads the config, runs ``runsc --version``, ``runsc flags``,
+``runsc help checkpoint|restore`` and (only when it is trusted) ``cuda-checkpoint --help``, stats files, reads
 /proc/driver/nvidia and Docker's and containerd's configs, and looks for criu."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from runsc_cuda.oci.runsc import ENV_RUNSC, child_environ, config_path, own_exec
 from runsc_cuda.runner import Runner
 
 PROBE_TIMEOUT_S = 15.0
+
 
 def _probe(runner: Runner, argv: list[str]) -> Probe:
     result = runner.run(argv, PROBE_TIMEOUT_S)
@@ -104,11 +105,13 @@ def gather(
         runsc = resolve_runsc(environ.get(ENV_RUNSC) or settings.runsc, environ.get("PATH"))
     except ShimError as e:
         runsc_error = e.message
-    version = help_checkpoint = None
+    version = runsc_flags = help_checkpoint = help_restore = None
     if runsc is not None:
         version = run([runsc, *global_args, "--version"])
         if version.ok:
+            runsc_flags = run([runsc, *global_args, "flags"])
             help_checkpoint = run([runsc, *global_args, "help", "checkpoint"])
+            help_restore = run([runsc, *global_args, "help", "restore"])
 
     binary = host.find_cuda_checkpoint(settings.cuda_checkpoint, environ, trust=False)
     cc_file = file_info(binary.path) if binary is not None else None
@@ -140,6 +143,8 @@ def gather(
         runsc_error=runsc_error,
         runsc_version=version,
         runsc_help_checkpoint=help_checkpoint,
+        runsc_flags=runsc_flags,
+        runsc_help_restore=help_restore,
         cuda_checkpoint=binary,
         cuda_checkpoint_file=cc_file,
         cuda_checkpoint_help=cc_help,
