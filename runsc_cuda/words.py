@@ -31,6 +31,10 @@ CUDA_HELP_TOGGLE = "--toggle"
 # runsc (release-20260817.0): `runsc wait --restore` when the sandbox was gone before it got there.
 RUNSC_SANDBOX_GONE = ("connection refused", "sandbox is not running", "no longer running", "no such file or directory")
 
+# runsc (release-20260817.0, and a 2026-09-05 source build): `runsc state ID` when no such container
+# exists in --root, e.g. after `kill` + `delete` ("FetchSpec failed: loading container: file does not exist").
+RUNSC_CONTAINER_GONE = ("loading container: file does not exist",)
+
 # runsc (release-20260817.0) help: "  -name value\n    \tdoc (default x)"; compression's doc ends in
 # "Values: none|flate-best-speed."
 RUNSC_HELP_FLAG_LINE = r"^\s+-{1,2}([A-Za-z0-9][\w-]*)(?:[ \t]+(\S.*))?$"
