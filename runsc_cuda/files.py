@@ -79,6 +79,12 @@ def read_regular(path: str, limit: int) -> tuple[bytes, os.stat_result]:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise OSError(errno.ELOOP, "is a symbolic link (runsc-cuda does not follow links here)", path) from None
+        if e.errno == errno.ENXIO:  # a socket, or a device without a driver: open() cannot say which
+            try:
+                what = kind(os.lstat(path).st_mode)
+            except OSError:
+                raise e from None
+            raise OSError(errno.ENXIO, f"is {what}, not a regular file", path) from None
         raise
     try:
         st = os.fstat(fd)

@@ -79,3 +79,6 @@ class Facts:
     registered: Mapping[str, FileInfo] = field(default_factory=dict)
     criu: str | None = None
     own: tuple[str, ...] = ()
+    # state_dir (locks, the runsc help cache) after links, and the user doctor runs as.
+    state_dir: FileInfo | None = None
+    euid: int = 0
