@@ -242,7 +242,15 @@ class ExecRestore:
     def _present(self) -> dict[int, str]:
         """The sidecar's processes that the restored sandbox has (``runsc ps``); a ShimError, after
         those are thawed, when the list names others: the image and the sandbox disagree."""
-        present = set(self.sandbox.pids())
+        try:
+            try:
+                present = set(self.sandbox.pids())
+            except ShimError:
+                present = set(self.sandbox.pids())  # once more: a failed look is not an empty sandbox
+        except ShimError as e:
+            # Never leave a restored CUDA process frozen: thaw the list unchecked, then fail.
+            self.disagreement = f"{e}; the image's CUDA processes were thawed without that check"
+            return self.states
         missing = sorted(set(self.states) - present)
         if not missing:
             return self.states

@@ -227,6 +227,21 @@ def test_a_sidecar_listing_pids_the_sandbox_does_not_have_thaws_what_exists_then
     assert len(shim.calls_of("ps")) >= 1
 
 
+def test_a_restore_whose_runsc_ps_fails_still_thaws_then_fails(shim: Shim) -> None:
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    bundle, image = stopped_image(shim)
+    ps_fails = {"FAKE_RUNSC_FAULTS": json.dumps([{"verb": "ps", "fault": "garbage", "times": 0}])}
+    before = len(shim.calls())
+    out = shim.docker_restore(bundle, image, env=ps_fails)
+    assert out.returncode == 1
+    assert shim.last_error(bundle) == (
+        "runsc-cuda: restore of c1 failed: runsc ps c1: unusable output: Expecting value: line 1 column 1 (char 0); "
+        "the image's CUDA processes were thawed without that check"
+    )
+    assert len(shim.calls_of("ps", before)) == 2
+    assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
+
+
 # --- 9. every log line bounded and printable -------------------------------------------------------
 
 
