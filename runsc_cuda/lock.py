@@ -2,24 +2,37 @@
 
 An flock on a file under ``state_dir`` (outside runsc's root). The kernel drops
 the lock when its holder dies, so a crashed runsc-cuda never blocks a container:
-a stale lock file is just a file.
+a stale lock file is just a file.  ``state_dir`` must be a folder only root
+(runsc-cuda's user) can change, the lock file is never opened through a link,
+and the key is the runsc root's real path: one container, one lock, however
+``--root`` is spelled.  A stop request (SIGTERM) ends a wait for another call's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from runsc_cuda.errors import ShimError
+from runsc_cuda import files
+from runsc_cuda.errors import ShimError, refusal
+from runsc_cuda.signals import StopFlag
+
+if TYPE_CHECKING:
+    from runsc_cuda.session import Session
+
+DEFAULT_ROOT = "/var/run/runsc"  # runsc's own default --root
 
 
 def lock_path(state_dir: str, root: str, cid: str) -> str:
-    key = hashlib.sha256(f"{os.path.abspath(root)}\0{cid}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{os.path.realpath(root)}\0{cid}".encode()).hexdigest()[:24]
     return os.path.join(state_dir, "locks", f"{key}.lock")
 
 
@@ -31,6 +44,23 @@ def _holder(fd: int) -> str:
     return f" (pid {text})" if text.isdigit() else ""
 
 
+def _open(path: str) -> int:
+    """The lock file, created if needed: never through a link, and only a regular file."""
+    files.ensure_private_dir(os.path.dirname(os.path.dirname(path)))
+    files.ensure_private_dir(os.path.dirname(path), "state_dir's locks folder")
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+        raise refusal(f"cannot open lock file {path}: {why}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise refusal(f"cannot open lock file {path}: it is {files.kind(mode)}")
+    return fd
+
+
 @contextmanager
 def container_lock(
     state_dir: str,
@@ -39,13 +69,10 @@ def container_lock(
     wait_s: float,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    stop: StopFlag | None = None,
 ) -> Iterator[str]:
     path = lock_path(state_dir, root, cid)
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise ShimError(f"cannot create lock file {path}: {e.strerror}") from None
+    fd = _open(path)
     try:
         deadline = clock() + wait_s
         while True:
@@ -54,7 +81,12 @@ def container_lock(
                 break
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise ShimError(f"cannot lock {path}: {e.strerror}") from None
+                    raise refusal(f"cannot lock {path}: {e.strerror}") from None
+                if stop is not None and stop():
+                    raise refusal(
+                        f"interrupted by {stop.name()} while waiting for another checkpoint or restore of "
+                        f"container {cid}{_holder(fd)}"
+                    ) from None
                 if clock() >= deadline:
                     raise ShimError(
                         f"another checkpoint or restore of container {cid} is still running{_holder(fd)}; "
@@ -66,3 +98,10 @@ def container_lock(
         yield path
     finally:
         os.close(fd)  # releases the flock
+
+
+def session_lock(session: Session, cid: str) -> contextlib.AbstractContextManager[str]:
+    """The container's lock for an intercepted call: its state_dir, its runsc root, its stop flag."""
+    cfg = session.config
+    root = session.cmd.global_value("root") or DEFAULT_ROOT
+    return container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s, stop=session.stop)

@@ -8,6 +8,9 @@ Three sinks:
 - the detailed log (config ``log_file``): python-json-logger JSON lines with
   fields (container id, PIDs, durations).
 - stderr: errors only, one line each.
+
+Every line is bounded (``LINE_MAX`` characters of message, each detailed-log field
+as long) and the runtime log's and stderr's are printable.
 """
 
 from __future__ import annotations
@@ -54,11 +57,35 @@ _RESERVED = frozenset(
 )
 
 
+# The longest line runsc-cuda writes to any sink: error text can quote untrusted input (a
+# sidecar's GPU names, an annotation), and containerd keeps the runtime log's last line.
+LINE_MAX = 4096
+LINE_BYTES = 8192  # a whole runtime-log line, escapes included
+
+
+def bounded(text: str, limit: int = LINE_MAX) -> str:
+    """``text`` if it fits in ``limit`` characters, else its head and tail with what was left out said."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 40) // 2
+    return f"{text[:half]} ... ({len(text) - 2 * half} characters left out) ... {text[-half:]}"
+
+
 def _one_line(message: str) -> str:
-    """One line of printable text: a message may quote output from inside the sandbox, and
-    containerd and terminals show it as it is (escape codes would steer them)."""
-    text = " ".join(message.split())
+    """One bounded line of printable text: a message may quote output from inside the sandbox,
+    and containerd and terminals show it as it is (escape codes would steer them)."""
+    text = bounded(" ".join(message.split()))
     return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _field(value: Any) -> Any:
+    """A detailed-log field, bounded: a long one is kept as its bounded text."""
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) <= LINE_MAX:
+        return value
+    return bounded(text)
 
 
 def rfc3339(now: float) -> str:
@@ -69,11 +96,17 @@ def rfc3339(now: float) -> str:
 
 
 def format_line(level: str, message: str, now: float, fmt: str) -> str:
-    """One runtime-log line in runc's form (JSON by default, logrus text otherwise)."""
+    """One runtime-log line in runc's form (JSON by default, logrus text otherwise), at most
+    ``LINE_BYTES`` long however the message escapes (``\\uXXXX`` is six bytes for one character)."""
     msg = _one_line(message)
-    if fmt == "json":
-        return json.dumps({"level": level, "msg": msg, "time": rfc3339(now)}) + "\n"
-    return f'time="{rfc3339(now)}" level={level} msg={json.dumps(msg)}\n'
+    while True:
+        if fmt == "json":
+            line = json.dumps({"level": level, "msg": msg, "time": rfc3339(now)}) + "\n"
+        else:
+            line = f'time="{rfc3339(now)}" level={level} msg={json.dumps(msg)}\n'
+        if len(line) <= LINE_BYTES or len(msg) <= 256:
+            return line
+        msg = bounded(msg, len(msg) // 2)
 
 
 class RuntimeLog:
@@ -161,8 +194,8 @@ class Reporter:
 
     def _detail(self, level: str, message: str, fields: Mapping[str, Any]) -> None:
         if self.logger is not None:
-            extra = {(f"{k}_" if k in _RESERVED else k): v for k, v in {**self.context, **fields}.items()}
-            self.logger.log(LEVELS[level], message, extra=extra)
+            extra = {(f"{k}_" if k in _RESERVED else k): _field(v) for k, v in {**self.context, **fields}.items()}
+            self.logger.log(LEVELS[level], bounded(message), extra=extra)
 
     def debug(self, message: str, **fields: Any) -> None:
         self._detail("debug", message, fields)

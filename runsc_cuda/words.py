@@ -35,6 +35,9 @@ RUNSC_SANDBOX_GONE = ("connection refused", "sandbox is not running", "no longer
 RUNSC_KILL_SANDBOX_GONE = ("sandbox is not running",)
 # containerd 2.x's runc.v2 shim (checkKillError) takes a kill failure as "already gone" only on runc's words.
 RUNC_NOT_RUNNING = "container not running"
+# runsc (release-20260817.0, and a 2026-09-05 source build): `runsc state ID` when no such container
+# exists in --root, e.g. after `kill` + `delete` ("FetchSpec failed: loading container: file does not exist").
+RUNSC_CONTAINER_GONE = ("loading container: file does not exist",)
 
 # runsc (release-20260817.0) help: "  -name value\n    \tdoc (default x)"; compression's doc ends in
 # "Values: none|flate-best-speed."

@@ -15,7 +15,7 @@ from runsc_cuda.engines.exec_engine import ExecCheckpoint
 from runsc_cuda.engines.save import Target, plain
 from runsc_cuda.errors import ShimError, refusal
 from runsc_cuda.image import tuning
-from runsc_cuda.lock import container_lock
+from runsc_cuda.lock import session_lock
 from runsc_cuda.modifier import translated_args
 from runsc_cuda.oci import help, spec
 from runsc_cuda.oci.argv import VerbArgs
@@ -59,15 +59,14 @@ def checkpoint(session: Session, args: VerbArgs, cid: str, image: str) -> int:
     bundle = spec.read(state.bundle)
     gpu = spec.gpu_request(bundle.doc)
     cfg = session.config
-    root = session.cmd.global_value("root") or "/var/run/runsc"
     if not gpu.wanted:
         tune = tuning.for_checkpoint(session, cid, image, args, bundle.doc, gpu=False)
         if tune is None:
             session.report.debug("not a GPU container: checkpoint passed through", container=cid)
             return pass_through(session, args)
-        with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
+        with session_lock(session, cid):
             return plain(session, Target(cid, tune.apply(args), sandbox.state(), image, tune))
-    with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
+    with session_lock(session, cid):
         state = sandbox.state()
         chosen = engine.choose(cfg.engine, help.read(session, "checkpoint").knows(engine.NATIVE_FLAG))
         require_mount(cid, state)

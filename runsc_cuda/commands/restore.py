@@ -13,11 +13,12 @@ import dataclasses
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from runsc_cuda import files
 from runsc_cuda.cuda import host, protocol
 from runsc_cuda.engines.exec_engine import ExecRestore
 from runsc_cuda.errors import ShimError
 from runsc_cuda.image import background, sidecar, tuning
-from runsc_cuda.lock import container_lock
+from runsc_cuda.lock import session_lock
 from runsc_cuda.modifier import Prepared, prepare, translated_args
 from runsc_cuda.oci import spec
 from runsc_cuda.oci.argv import VerbArgs
@@ -59,6 +60,8 @@ def check(session: Session, args: VerbArgs, cid: str) -> Plan:
             raise ShimError(f"image {image}: {problem}")
     bundle = spec.read(spec.bundle_dir(args.value("bundle"), session.cwd))
     gpu = spec.gpu_request(bundle.doc).wanted
+    if record is not None and record.engine == "exec":
+        files.ensure_private_dir(session.config.state_dir)  # the thaw is done under a lock kept there
     return Plan(args, image, record, tuning.for_restore(session, cid, image, args, bundle.doc, gpu))
 
 
@@ -87,9 +90,7 @@ def restore(session: Session, plan: Plan) -> int:
             return background.restore_and_watch(session, argv, prepared.container_id, plan.image, detach)
         session.become_runsc(prepared.cmd.tokens()[1:])
         return 0
-    cfg = session.config
-    root = session.cmd.global_value("root") or "/var/run/runsc"
     with ExitStack() as held:
-        held.enter_context(container_lock(cfg.state_dir, root, prepared.container_id, cfg.lock_wait_s))
+        held.enter_context(session_lock(session, prepared.container_id))
         # A foreground restore lasts as long as its container: the lock goes once the thaw is done.
         return ExecRestore(session, prepared, record, watch, release=held.close).run()

@@ -7,7 +7,8 @@ pause state back as found.  Docker and containerd pause the container first;
 the freeze needs it running (runsc exec refuses a paused container).
 
 Restore: runsc restores the sandbox, then runsc-cuda thaws the processes the
-image's sidecar lists.
+image's sidecar lists that the restored sandbox has (``runsc ps``); a list that
+names others is an error, after those are thawed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from runsc_cuda.engines.save import Target, commit, record, runsc_save
 from runsc_cuda.errors import ShimError
 from runsc_cuda.image import background, sidecar
 from runsc_cuda.modifier import Prepared
-from runsc_cuda.oci.sandbox import UP, Sandbox
+from runsc_cuda.oci.sandbox import GONE, GONE_NOTE, UP, Sandbox
 from runsc_cuda.session import Session
 from runsc_cuda.signals import forwarded_to
 
@@ -154,7 +155,15 @@ class ExecCheckpoint:
             return f"{what}; rollback incomplete: {left}"
         if alive and self.cuda_pids:
             return f"{what}; all CUDA processes are running again"
+        if state is not None and state.status == GONE:
+            return f"{what}; {GONE_NOTE}"
         return what
+
+
+def shortlist(pids: list[int], shown: int = 10) -> str:
+    """``1, 2, 3 and 97 more``: a PID list of any length, in a few words."""
+    head = ", ".join(str(p) for p in pids[:shown])
+    return head if len(pids) <= shown else f"{head} and {len(pids) - shown} more"
 
 
 class ExecRestore:
@@ -176,6 +185,7 @@ class ExecRestore:
         self.sandbox = Sandbox(session, self.cid)
         self.freezer = freezer_for(session, self.sandbox)
         self.states = {p.pid: p.state_saved for p in record.cuda_processes}
+        self.disagreement = ""  # the sidecar names processes the restored sandbox does not have
 
     def run(self) -> int:
         argv = [self.session.runsc, *self.prepared.cmd.tokens()[1:]]
@@ -229,10 +239,41 @@ class ExecRestore:
         if self.watch:
             background.start(self.session, self.cid, self.prepared.args.value("image-path"))
 
-    def _thaw(self) -> None:
-        pids = sorted(self.states)
+    def _present(self) -> dict[int, str]:
+        """The sidecar's processes that the restored sandbox has (``runsc ps``); a ShimError, after
+        those are thawed, when the list names others: the image and the sandbox disagree."""
         try:
-            self.freezer.thaw(self.states)
+            try:
+                present = set(self.sandbox.pids())
+            except ShimError:
+                present = set(self.sandbox.pids())  # once more: a failed look is not an empty sandbox
+        except ShimError as e:
+            # Never leave a restored CUDA process frozen: thaw the list unchecked, then fail.
+            self.disagreement = f"{e}; the image's CUDA processes were thawed without that check"
+            return self.states
+        missing = sorted(set(self.states) - present)
+        if not missing:
+            return self.states
+        self.disagreement = (
+            f"the image's {sidecar.NAME} lists {len(missing)} CUDA processes that the restored sandbox "
+            f"does not have (PIDs {shortlist(missing)}); only the {len(self.states) - len(missing)} it has were thawed"
+        )
+        return {pid: state for pid, state in self.states.items() if pid in present}
+
+    def _thaw(self) -> None:
+        self.disagreement = ""
+        states = self._present()
+        try:
+            self._thaw_these(states)
+        except ShimError as e:
+            raise ShimError(f"{e}; {self.disagreement}" if self.disagreement else str(e)) from None
+        if self.disagreement:
+            raise ShimError(self.disagreement)
+
+    def _thaw_these(self, states: dict[int, str]) -> None:
+        pids = sorted(states)
+        try:
+            self.freezer.thaw(states)
         except StepError as first:
             # Once more from whatever state each process is in now (the calls that outlived
             # their timeout are waited for first: a late one may still change a state).

@@ -13,7 +13,7 @@ from runsc_cuda.cuda.freezer import Freezer, Timeouts
 from runsc_cuda.engines.save import Target, commit, record, runsc_save
 from runsc_cuda.errors import ShimError, refusal
 from runsc_cuda.oci.argv import Flag
-from runsc_cuda.oci.sandbox import UP, Sandbox
+from runsc_cuda.oci.sandbox import GONE, GONE_NOTE, UP, Sandbox
 from runsc_cuda.session import Session
 
 
@@ -56,6 +56,8 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
     seen running.
     """
     state = sandbox.try_state() or sandbox.try_state()
+    if state is not None and state.status == GONE:
+        return f"; {GONE_NOTE}"
     if state is None or state.status not in UP:
         return ""
     cfg = session.config

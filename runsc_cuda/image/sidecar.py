@@ -6,6 +6,7 @@ so this file comes back on restore.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -146,17 +147,23 @@ def parse(text: str, path: str) -> Sidecar:
 
 
 def read(image_path: str) -> Sidecar | None:
-    """The image's sidecar, or None when the image has none (a plain runsc image)."""
+    """The image's sidecar, or None when the image has none (a plain runsc image).
+
+    The image folder may come from anywhere: the file is opened without blocking or
+    following a link, and must be a regular file of at most ``MAX_BYTES``."""
     path = os.path.join(image_path, NAME)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(MAX_BYTES + 1)
+        raw, _ = files.read_regular(path, MAX_BYTES)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ShimError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    if len(text) > MAX_BYTES:
-        raise ShimError(f"{path}: larger than {MAX_BYTES} bytes")
+    except OSError as e:
+        if e.errno == errno.EFBIG:
+            raise ShimError(f"{path}: {e.strerror}") from None
+        raise ShimError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ShimError(f"cannot read {path}: not UTF-8 text") from None
     return parse(text, path)
 
 

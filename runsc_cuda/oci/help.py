@@ -4,8 +4,10 @@
 --version`` are asked once per runsc binary: the answers are kept in
 ``state_dir`` (a tmpfs under /run by default) keyed by the binary's identity,
 since every checkpoint and restore needs two or three of them and each costs a
-runsc start (20-40 ms).  Features are found from flags, never from version
-strings (a source build has none); the version is only reported.
+runsc start (20-40 ms).  The cache is used only when ``state_dir`` is private
+to runsc-cuda's user, and never through a link.  Features are found from flags,
+never from version strings (a source build has none); the version is only
+reported.
 """
 
 from __future__ import annotations
@@ -104,9 +106,9 @@ def _binary_key(path: str) -> list[object] | None:
 
 def _load_help_file(path: str, key: list[object]) -> dict[str, str]:
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.loads(f.read(HELP_FILE_MAX))
-    except (OSError, ValueError):
+        raw, _ = files.read_regular(path, HELP_FILE_MAX)
+        doc = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(doc, dict) or doc.get("binary") != key or not isinstance(doc.get("help"), dict):
         return {}
@@ -115,8 +117,20 @@ def _load_help_file(path: str, key: list[object]) -> dict[str, str]:
 
 def _save_help_file(path: str, key: list[object], texts: dict[str, str]) -> None:
     with contextlib.suppress(OSError):  # only a cache: runsc is asked again next time
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         files.write_atomic(path, json.dumps({"binary": key, "help": texts}), durable=False)
+
+
+def _cache_path(session: Session) -> str | None:
+    """The help cache in ``state_dir``, or None when that folder is not private to runsc-cuda's
+    user (others could plant answers there): runsc is then asked every time."""
+    state_dir = session.config.state_dir
+    with contextlib.suppress(OSError):
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    problem = files.check_private_dir(state_dir)
+    if problem is not None:
+        session.report.debug(f"runsc help cache not used: state_dir {state_dir} {problem}")
+        return None
+    return os.path.join(state_dir, HELP_FILE)
 
 
 def _answer(session: Session, topic: str) -> str:
@@ -126,15 +140,15 @@ def _answer(session: Session, topic: str) -> str:
     if mem_key in _MEMORY:
         return _MEMORY[mem_key]
     binary = _binary_key(session.runsc)
-    path = os.path.join(session.config.state_dir, HELP_FILE)
-    saved = _load_help_file(path, binary) if binary is not None else {}
+    path = _cache_path(session) if binary is not None else None
+    saved = _load_help_file(path, binary) if binary is not None and path is not None else {}
     if topic in saved:
         _MEMORY[mem_key] = saved[topic]
         return saved[topic]
     result = session.ask_runsc(_ARGV[topic]) if topic in _ARGV else session.call_runsc(["help", topic])
     text = (result.stdout + result.stderr).decode("utf-8", errors="replace")
     _MEMORY[mem_key] = text
-    if binary is not None and result.ok:
+    if binary is not None and path is not None and result.ok:
         _save_help_file(path, binary, {**saved, topic: text})
     return text
 

@@ -12,12 +12,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from runsc_cuda import layout
+from runsc_cuda import layout, words
 from runsc_cuda.errors import ShimError
 from runsc_cuda.runner import Result
 from runsc_cuda.session import Session
 
 UP = ("running", "paused")  # a container that exists and has processes (runsc's lowercase statuses)
+GONE = "gone"  # runsc-cuda's own word: runsc says the container does not exist (killed and deleted)
+GONE_NOTE = "the container no longer exists (killed and deleted meanwhile); no CUDA process of it is left frozen"
 PID_MAX = 4_194_304  # Linux PID_MAX_LIMIT; gVisor uses the same bound
 MAX_PIDS = 65_536
 
@@ -81,7 +83,11 @@ class Sandbox:
         return parse_state(result.stdout, self.id)
 
     def try_state(self) -> ContainerState | None:
+        """The container's state; status ``GONE`` when runsc says it does not exist, None when
+        runsc could not say (a failed look is not a gone container)."""
         result = self.session.call_runsc(["state", self.id])
+        if not result.ok and not result.timed_out and words.says_gone(result.error_text(), words.RUNSC_CONTAINER_GONE):
+            return ContainerState(self.id, GONE, "", 0)
         if not result.ok or result.truncated:
             return None
         try:

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from runsc_cuda import layout, words
+from runsc_cuda import files, layout, words
 from runsc_cuda.errors import ShimError
 from runsc_cuda.logs import Note
 from runsc_cuda.oci import schema
@@ -25,6 +25,8 @@ CUDA_CHECKPOINT_OPTIONS = ("rbind", "ro", "nosuid", "nodev")
 GPU_OVERRIDE = "dev.runsc-cuda.gpu"
 GVISOR_NVPROXY = "dev.gvisor.internal.nvproxy"
 NVIDIA_ENV = "NVIDIA_VISIBLE_DEVICES"
+# A config.json is tens of KiB; one past this is refused rather than read into memory.
+MAX_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,7 @@ def read(bundle: str) -> Bundle:
         raise ShimError(f"bundle {bundle}: no such directory")
     path = os.path.join(bundle, "config.json")
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            raw = f.read()
+        raw, st = files.read_regular(path, MAX_BYTES)
     except FileNotFoundError:
         raise ShimError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -35,6 +35,9 @@ Test switches (environment):
            hang     sleep "seconds", then carry the call out
            garbage  print "output" (default: binary junk) and exit 0
            empty    print nothing and exit 0
+           vanish   the container ("container", default the last argument) is killed and deleted
+                    first, as by a racing `kill` + `delete`; the call then finds no container, and
+                    fails as runsc does: "FetchSpec failed: loading container: file does not exist"
            die      SIGKILL itself (runsc dying mid-call); checkpoint with "when": "after-toggle"
                     dies after toggling CUDA processes (native engine), before saving
            output   print "output" (and "stderr"), each "repeat" times, exit "code"
@@ -446,6 +449,10 @@ class Fake:
                 raise SystemExit(0)
             if kind == "empty":
                 raise SystemExit(0)
+            if kind == "vanish":  # a racing `kill` + `delete`: the container's folder goes, then the call
+                import shutil
+
+                shutil.rmtree(self.cdir(plan.get("container") or self.argv[-1]), ignore_errors=True)
             if kind == "die":
                 if plan.get("when") == "after-toggle":
                     self.die_after_toggle = True

@@ -118,16 +118,16 @@ def test_unparseable_config_json_is_refused_and_untouched(shim: Shim, raw: bytes
 
 
 def test_an_unreadable_config_json_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # root reads mode-0 files, so the permission error is simulated at the open() edge.
+    # root reads mode-0 files, so the permission error is simulated at the os.open() edge.
     (tmp_path / "config.json").write_text("{}")
-    real_open = open
+    real_open = os.open
 
     def deny(path: object, *args: object, **kw: object) -> object:
         if str(path).endswith("config.json"):
             raise PermissionError(13, "Permission denied")
-        return real_open(path, *args, **kw)  # type: ignore[call-overload]
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("builtins.open", deny)
+    monkeypatch.setattr(os, "open", deny)
     with pytest.raises(ShimError, match=r"config\.json: cannot read: Permission denied"):
         spec.read(str(tmp_path))
 

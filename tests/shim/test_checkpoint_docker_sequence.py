@@ -113,8 +113,9 @@ def test_exec_engine_docker_sequence_freezes_saves_and_thaws(shim: Shim, leave_r
     before = len(shim.calls())
     restore(shim, bundle, "c1", image)
     assert "all memory loaded" in shim.wait_background(bundle)
-    # restore --background (the default for GPU containers), thaw, then the watcher: wait --restore.
-    expected = ["delete", "help", "restore", "exec restore", "exec unlock", "exec --get-state", "wait"]
+    # restore --background (the default for GPU containers), the sandbox's PIDs (the sidecar's list is
+    # checked against them), thaw, then the watcher: wait --restore.
+    expected = ["delete", "help", "restore", "ps", "exec restore", "exec unlock", "exec --get-state", "wait"]
     assert collapse(verbs(shim, before)) == expected
     assert "--background" in shim.calls_of("restore", before)[0]
     assert shim.status("c1") == "running"

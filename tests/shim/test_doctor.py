@@ -78,6 +78,7 @@ def healthy(**changes: Any) -> doctor_facts.Facts:
         ),
         registered={layout.BIN_PATH: exe(layout.BIN_PATH)},
         criu="/usr/sbin/criu",
+        state_dir=doctor_facts.FileInfo("/run/runsc-cuda", True, False, 0, stat.S_IFDIR | 0o700),
     )
     return dataclasses.replace(facts, **changes)
 
@@ -116,6 +117,36 @@ def test_every_failure_has_a_one_line_fix() -> None:
     for check in failed:
         assert check.fix and "\n" not in check.fix, check
     assert checks.exit_status(results) == 1
+
+
+@pytest.mark.parametrize(
+    ("info", "detail"),
+    [
+        (doctor_facts.FileInfo("/run/runsc-cuda", True, False, 0, stat.S_IFDIR | 0o1777), "mode 1777"),
+        (doctor_facts.FileInfo("/run/runsc-cuda", True, False, 0, stat.S_IFDIR | 0o770), "mode 0770"),
+        (doctor_facts.FileInfo("/run/runsc-cuda", True, False, 1000, stat.S_IFDIR | 0o700), "owned by uid 1000"),
+        (doctor_facts.FileInfo("/run/runsc-cuda", True, True, 0, stat.S_IFREG | 0o600), "not a folder"),
+    ],
+)
+def test_a_state_dir_others_can_change_fails_with_a_one_line_fix(info: doctor_facts.FileInfo, detail: str) -> None:
+    found = by_id(doctor.checks(healthy(state_dir=info)))["state_dir"]
+    assert found.failed and found.required and detail in found.detail
+    assert found.fix == (
+        "chown root /run/runsc-cuda && chmod 700 /run/runsc-cuda, or set state_dir to a folder only root can change"
+    )
+
+
+def test_a_state_dir_not_made_yet_is_fine() -> None:
+    found = by_id(doctor.checks(healthy(state_dir=doctor_facts.FileInfo("/run/runsc-cuda", False))))["state_dir"]
+    assert found.status == checks.OK and "created with mode 0700" in found.detail
+
+
+def test_gather_reads_the_state_dir(host_files: dict[str, Path], tmp_path: Path) -> None:
+    state = tmp_path / "open-state"
+    state.mkdir()
+    os.chmod(state, 0o777)
+    found = by_id(gather(host_files, RUNSC_CUDA_STATE_DIR=str(state)))["state_dir"]
+    assert found.failed and found.detail == f"{state} can be written by other users (mode 0777)"
 
 
 def test_runsc_missing_skips_what_depends_on_it() -> None:
@@ -486,6 +517,7 @@ def fake_environ(files: dict[str, Path], **extra: str) -> dict[str, str]:
         "PATH": f"{files['bin']}:/usr/bin:/bin",
         "RUNSC_CUDA_CONFIG": str(files["config"]),
         "RUNSC_CUDA_CUDA_CHECKPOINT": str(files["bin"] / "cuda-checkpoint"),
+        "RUNSC_CUDA_STATE_DIR": str(files["config"].parent / "state"),  # not made yet: fine
     }
     files["config"].write_text("")
     if os.geteuid() != 0:  # the fake is owned by whoever runs the tests

@@ -6,9 +6,10 @@ cuda-checkpoint exists (by the same rule ``create`` uses before it mounts one:
 ``cuda.host.trust_problem``); the NVIDIA driver is there with GPUs.  What the
 checkpoint engine needs is required for the engine that will be used
 (``--action`` and driver 555+ for the exec engine, runsc's
-``--cuda-checkpoint-path`` for the native one).  Every failed check says how to
-fix it in one line.  runsc's version is only reported (a source build has
-none); what it can do is read from its flags.
+``--cuda-checkpoint-path`` for the native one).  ``state_dir`` must be a folder
+only root can change.  Every failed check says how to fix it in one line.
+runsc's version is only reported (a source build has none); what it can do is
+read from its flags.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runsc_cuda import layout
+from runsc_cuda import files, layout
 from runsc_cuda.commands.doctor.facts import Facts, Probe
 from runsc_cuda.cuda import engine, host, protocol
 from runsc_cuda.image import tuning
@@ -283,3 +284,23 @@ def check_driver(f: Facts) -> list[Check]:
         fix = "check nvidia-smi; the driver shows no GPU in " + os.path.join(f.proc_dir, "gpus")
         out.append(_fail("driver.gpus", "GPUs", "none", fix))
     return out
+
+
+# --- state_dir -----------------------------------------------------------------------
+
+
+def check_state_dir(f: Facts) -> list[Check]:
+    """The folder of runsc-cuda's locks and help cache: only its user may change it (``files``'s
+    rule, the one checkpoint and restore apply before they take a lock)."""
+    title = "state_dir only root can change" if f.euid == 0 else "state_dir private"
+    info = f.state_dir
+    if info is None:
+        return [_skip("state_dir", title, "not looked at")]
+    if info.error is not None:
+        return [_fail("state_dir", title, info.error, files.private_dir_fix(info.path, f.euid))]
+    if not info.exists:
+        return [_ok("state_dir", title, f"{info.path} (created with mode 0700 on first use)")]
+    problem = files.private_dir_problem(info.uid, info.mode, f.euid)
+    if problem is not None:
+        return [_fail("state_dir", title, f"{info.path} {problem}", files.private_dir_fix(info.path, f.euid))]
+    return [_ok("state_dir", title, f"{info.path} (mode {stat.S_IMODE(info.mode):04o})")]

@@ -82,3 +82,6 @@ class Facts:
     # ``runsc flags`` (every global flag: is there --nvproxy?) and ``runsc help restore`` (image flags).
     runsc_flags: Probe | None = None
     runsc_help_restore: Probe | None = None
+    # state_dir (locks, the runsc help cache) after links, and the user doctor runs as.
+    state_dir: FileInfo | None = None
+    euid: int = 0

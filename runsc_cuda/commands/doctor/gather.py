@@ -156,4 +156,6 @@ def gather(
         registered=registered,
         criu=which("criu", environ.get("PATH")),
         own=own,
+        state_dir=file_info(settings.state_dir),
+        euid=os.geteuid(),
     )

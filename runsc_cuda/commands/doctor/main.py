@@ -18,6 +18,7 @@ from runsc_cuda.commands.doctor.checks import (
     check_cuda_checkpoint,
     check_driver,
     check_runsc,
+    check_state_dir,
     exit_status,
 )
 from runsc_cuda.commands.doctor.facts import Facts
@@ -35,6 +36,7 @@ def checks(f: Facts, require: Sequence[str] = ()) -> list[Check]:
     wanted = set(require)
     return [
         *check_config(f),
+        *check_state_dir(f),
         *check_runsc(f),
         *check_cuda_checkpoint(f),
         *check_driver(f),
