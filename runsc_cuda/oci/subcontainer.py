@@ -115,20 +115,23 @@ RUNC_SHIMS = ("containerd-shim-runc-",)  # the shims that treat the runtime as r
 
 
 def ancestor_programs(depth: int = 6) -> list[str]:
-    """The program names (argv[0] basenames) of this process's parents, nearest first."""
+    """The programs (executable file names) of this process's parents, nearest first.
+
+    The kernel's link to each executable, not a name a process gives itself
+    (argv[0], comm): a process cannot pass for a shim it is not.
+    """
     names = []
     pid = os.getppid()
     for _ in range(depth):
         if pid <= 1:
             break
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+            exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
             with open(f"/proc/{pid}/stat") as f:
                 pid = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             break
-        names.append(os.path.basename(argv0))
+        names.append(os.path.basename(exe))
     return names
 
 

@@ -52,7 +52,6 @@ from .stack import (
     REPO,
     Result,
     Unavailable,
-    ancestors,
     build_runsc,
     busybox_rootfs,
     file_tail,
@@ -60,6 +59,7 @@ from .stack import (
     pid_alive,
     run,
     runsc_cuda_program,
+    sandboxes,
     tail,
     terminate,
     wait_for,
@@ -557,7 +557,7 @@ class CriStack:
     def leftover_processes(self) -> list[tuple[int, str]]:
         """Processes (not this one) whose command line names the folder: shims, sandboxes, gofers, holders."""
         marker = str(self.root).encode()
-        mine = ancestors()
+        mine = sandboxes.ancestors()
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) in mine:

@@ -9,6 +9,7 @@ unless runsc-cuda gives start the stdio of create.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -254,15 +255,42 @@ def test_the_calling_shim_is_the_nearest_containerd_shim(programs: list[str], sh
     assert subcontainer.calling_shim(programs) == shim
 
 
+RELAY_C = r"""
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    pid_t pid = fork();
+    if (pid == 0) { execvp(argv[1], argv + 1); _exit(127); }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0) return 127;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+"""
+
+
+def shim_program(tmp_path: Path, name: str) -> Path:
+    """A program whose executable file is called ``name`` (runsc-cuda reads /proc/PID/exe, not argv[0]):
+    it runs its arguments as a child and exits with the child's status, as a shim waits for its runtime."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build a stand-in shim program")
+    source = tmp_path / "relay.c"
+    source.write_text(RELAY_C)
+    program = tmp_path / name
+    subprocess.run([cc, "-O1", "-o", str(program), str(source)], check=True, timeout=60)
+    return program
+
+
 def test_under_gvisors_own_shim_create_is_left_to_runsc(shim: Shim, short_state: Path, tmp_path: Path) -> None:
     """containerd-shim-runsc-v1 (binary_name = runsc-cuda) handles runsc's stdio and pid file itself."""
     folder = bundle(shim, "v1", SUB)
-    relay = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
-    argv = ["containerd-shim-runsc-v1", "-c", relay, *shim.command, "--root", str(shim.root), "create",
+    relay = shim_program(tmp_path, "containerd-shim-runsc-v1")
+    argv = [str(relay), *shim.command, "--root", str(shim.root), "create",
             "--bundle", str(folder), "--pid-file", str(folder / "init.pid"), "v1"]  # fmt: skip
     err = tmp_path / "stderr"
     with err.open("wb") as f:  # not a pipe: a holder would keep it open
-        done = subprocess.run(argv, executable=sys.executable, env=shim.env, stdout=f, stderr=f, timeout=30)
+        done = subprocess.run(argv, env=shim.env, stdout=f, stderr=f, timeout=30)
     done.stderr = err.read_bytes()
     assert done.returncode == 2  # the stand-in refuses --pid-file for a sub-container: passed on unchanged
     assert b"--pid-file passed on" in done.stderr
