@@ -13,6 +13,7 @@ image's sidecar lists.
 from __future__ import annotations
 
 import subprocess
+import traceback
 from collections.abc import Callable
 
 from runsc_cuda.cuda import protocol
@@ -25,6 +26,8 @@ from runsc_cuda.oci.sandbox import UP, Sandbox
 from runsc_cuda.session import Session
 from runsc_cuda.signals import forwarded_to
 
+NEWCOMER_ROUNDS = 3  # times the processes are listed again for ones started during the freeze
+
 
 def freezer_for(session: Session, sandbox: Sandbox, stoppable: bool = False) -> Freezer:
     cfg = session.config
@@ -35,6 +38,18 @@ def freezer_for(session: Session, sandbox: Sandbox, stoppable: bool = False) -> 
         session.stop if stoppable else (lambda: False),
         max_parallel=cfg.max_parallel_cuda_calls,
     )
+
+
+def describe(error: BaseException, session: Session) -> str:
+    """What went wrong, for a message: a failed step or call as it is, anything else as an internal error."""
+    if isinstance(error, Interrupted):
+        return f"interrupted by {session.stop.name()}"
+    if isinstance(error, (StepError, ShimError)):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    session.report.debug("internal error", traceback="".join(traceback.format_exception(error)))
+    return f"internal error: {type(error).__name__}: {error}"
 
 
 class ExecCheckpoint:
@@ -67,8 +82,10 @@ class ExecCheckpoint:
     def run(self) -> int:
         try:
             self._run()
-        except (StepError, Interrupted, ShimError) as e:
-            raise ShimError(self._recover(e)) from None
+        except BaseException as e:  # every way out of a freeze rolls back, an internal error too
+            if isinstance(e, SystemExit):
+                raise
+            raise ShimError(self._recover(e), 130 if isinstance(e, KeyboardInterrupt) else 1) from None
         return 0
 
     def _check_capabilities(self) -> None:
@@ -99,6 +116,7 @@ class ExecCheckpoint:
             self._log(name, "done")
         freezer.check_interrupt()
         self.restore_pause()
+        self._freeze_newcomers(set(candidates), states)
         freezer.timed("save", self.cuda_pids, self._save)
         self._log("save", "runsc saved the sandbox")
         if self.target.leave_running:
@@ -119,6 +137,28 @@ class ExecCheckpoint:
             timings=freezer.timings(),
         )
 
+    def _freeze_newcomers(self, known: set[int], states: dict[int, str]) -> None:
+        """List the processes again once the container is paused for the save (nothing new starts
+        then): a CUDA process started during the freeze (``docker exec``) is frozen too, or the
+        checkpoint fails with everything thawed.  A container found running can still start one
+        between this look and runsc's own pause."""
+        for round_ in range(NEWCOMER_ROUNDS + 1):
+            new = [pid for pid in self.sandbox.pids() if pid not in known]
+            if not new:
+                return
+            if round_ == NEWCOMER_ROUNDS:
+                raise ShimError(f"new processes kept starting in the container during the freeze: {new[:10]}")
+            known.update(new)
+            self.ensure_running()
+            found = self.freezer.discover(new)
+            self._log("discover", f"{len(found)} CUDA processes among {len(new)} started during the freeze")
+            if found:
+                states.update(found)
+                self.cuda_pids = sorted(states)
+                self.freezer.freeze(found)
+            self.freezer.check_interrupt()
+            self.restore_pause()
+
     def _log(self, name: str, what: str) -> None:
         phase = self.freezer.last(name)
         if phase is None or (not phase.pids and name != "discover"):
@@ -131,9 +171,16 @@ class ExecCheckpoint:
             pids=phase.pids,
         )
 
-    def _recover(self, error: Exception) -> str:
+    def _recover(self, error: BaseException) -> str:
         """Bring every CUDA process back to running and the pause state back; what to report."""
-        what = f"interrupted by {self.session.stop.name()}" if isinstance(error, Interrupted) else str(error)
+        what = describe(error, self.session)
+        try:
+            return self._rollback(what)
+        except Exception as e:  # the guardian sweeps after us (runsc-cuda did not say "done")
+            self.report.debug("internal error in the rollback", traceback=traceback.format_exc())
+            raise ShimError(f"{what}; rollback incomplete: {describe(e, self.session)}") from None
+
+    def _rollback(self, what: str) -> str:
         problems: dict[int, str] = {}
         state = self.sandbox.try_state() or self.sandbox.try_state()  # a failed look is not a gone container
         alive = state is None or state.status in UP
@@ -144,9 +191,12 @@ class ExecCheckpoint:
                 if self.cuda_pids:
                     self.ensure_running()
                 problems = self.freezer.recover(self.cuda_pids)
+            except Exception as e:
+                problems[0] = describe(e, self.session)
+            try:
                 self.restore_pause()
-            except ShimError as e:
-                problems[0] = str(e)
+            except Exception as e:
+                problems[0] = "; ".join(filter(None, [problems.get(0), f"could not pause it again: {e}"]))
         elif self.sandbox.abandoned():
             self.sandbox.wait_abandoned(self.timeouts.lock_call_s)  # their errors must not land after ours
         if problems:
@@ -233,7 +283,8 @@ class ExecRestore:
         pids = sorted(self.states)
         try:
             self.freezer.thaw(self.states)
-        except StepError as first:
+        except Exception as error:  # an internal error too: the thaw is tried again from the states
+            first = describe(error, self.session)
             # Once more from whatever state each process is in now (the calls that outlived
             # their timeout are waited for first: a late one may still change a state).
             left = self.freezer.recover(pids)

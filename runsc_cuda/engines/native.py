@@ -27,7 +27,13 @@ def checkpoint(session: Session, sandbox: Sandbox, target: Target) -> int:
     if why is not None:
         raise refusal(why)
     start = session.clock()
-    result = runsc_save(session, target, args)
+    try:
+        result = runsc_save(session, target, args)
+    except BaseException as e:  # runsc may have toggled some processes before whatever this was
+        if isinstance(e, SystemExit):
+            raise
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"internal error: {type(e).__name__}: {e}"
+        raise ShimError(f"runsc checkpoint: {what}{sweep(session, sandbox, target)}") from None
     seconds = session.clock() - start
     if not result.ok:
         reason = result.error_text() or result.describe()
@@ -79,8 +85,9 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
             if unknown:
                 detail = "; ".join(f"PID {p}: {w}" for p, w in unknown.items())
                 notes.append(f"runsc-cuda could not check every process: {detail}")
-    except ShimError as e:
-        notes.append(f"runsc-cuda could not check the CUDA processes: {e}")
+    except Exception as e:  # an internal error too: it must not skip the pause below
+        what = str(e) if isinstance(e, ShimError) else f"internal error: {type(e).__name__}: {e}"
+        notes.append(f"runsc-cuda could not check the CUDA processes: {what}")
     if sandbox.abandoned():
         sandbox.wait_abandoned(timeouts.lock_call_s)  # their errors must not land after ours in log.json
     if target.found_paused and not paused:
@@ -89,7 +96,7 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
                 sandbox.pause()
             except ShimError:
                 sandbox.pause()  # once more: the pause state must be as found
-        except ShimError as e:
+        except Exception as e:
             notes.append(f"could not pause it again: {e}")
     parts = []
     if left:

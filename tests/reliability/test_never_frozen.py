@@ -1,0 +1,157 @@
+"""Issue 12: no CUDA process is left frozen, even when runsc-cuda dies, the disk is full, an
+internal error strikes or a CUDA process starts during the freeze.  One small case each.
+
+Internal errors are injected into the Python module (a wrapper that makes one of runsc-cuda's
+own calls raise), so those cases run against the module only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from support import Shim
+
+CUDA = (10, 11)
+PIDS = (1, *CUDA)
+
+# runsc-cuda whose runner raises OSError (EMFILE) at the Nth call whose argv holds RAISE_MATCH.
+FAILING = textwrap.dedent(
+    """
+    import errno, os, sys
+    from runsc_cuda import runner
+    match, at, seen = os.environ["RAISE_MATCH"], int(os.environ.get("RAISE_AT", "1")), [0]
+    real = runner.Runner.run
+
+    def run(self, argv, *args, **kw):
+        if match in " ".join(argv):
+            seen[0] += 1
+            if seen[0] == at:
+                raise OSError(errno.EMFILE, "Too many open files")
+        return real(self, argv, *args, **kw)
+
+    runner.Runner.run = run
+    from runsc_cuda.cli import main
+
+    sys.exit(main(["runsc-cuda", *sys.argv[1:]]))
+    """
+)
+
+
+def failing(shim: Shim, match: str, at: int = 1) -> Shim:
+    if shim.entry != "python":
+        pytest.skip("injects an internal error into the Python module")
+    env = dict(shim.env, RAISE_MATCH=match, RAISE_AT=str(at))
+    return replace(shim, command=[sys.executable, "-c", FAILING], env=env)
+
+
+def checkpoint(shim: Shim, bundle: Path, *extra: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return shim.docker(bundle, "checkpoint", "--image-path", str(shim.tmp / "image"), *extra, "c1", env=env)
+
+
+def cuda_faults(*plans: dict[str, object]) -> dict[str, str]:
+    return {"FAKE_CUDA_FAULTS": json.dumps(list(plans))}
+
+
+# --- item 3: an unexpected exception anywhere in a freeze rolls back ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("match", "at"),
+    [
+        ("--action checkpoint", 1),  # after every process is locked
+        ("checkpoint --image-path", 1),  # the save itself
+        ("--action restore", 1),  # the thaw after the save
+        ("--get-state --pid 11", 3),  # the verify after the freeze
+    ],
+    ids=["freeze", "save", "thaw", "verify"],
+)
+def test_an_internal_error_in_the_exec_engine_rolls_back(shim: Shim, match: str, at: int) -> None:
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    out = checkpoint(failing(shim, match, at), bundle, "--leave-running")
+    assert out.returncode == 1, out.stderr
+    error = shim.last_error(bundle)
+    assert "internal error: OSError" in error and "all CUDA processes are running again" in error, error
+    assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
+    assert shim.status("c1") == "paused"
+
+
+def test_an_internal_error_in_the_native_save_sweeps(shim: Shim) -> None:
+    shim.env["RUNSC_CUDA_ENGINE"] = "native"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    out = checkpoint(failing(shim, "checkpoint --image-path"), bundle, "--leave-running")
+    assert out.returncode == 1, out.stderr
+    assert "internal error: OSError" in shim.last_error(bundle)
+    assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
+    assert shim.status("c1") == "paused"
+
+
+def test_an_internal_error_in_the_native_sweep_still_pauses_it_again(shim: Shim) -> None:
+    shim.env["RUNSC_CUDA_ENGINE"] = "native"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    # runsc dies after toggling: the sweep's own `runsc ps` then raises.
+    env = {"FAKE_RUNSC_FAULTS": json.dumps([{"verb": "checkpoint", "fault": "die", "when": "after-toggle"}])}
+    out = checkpoint(failing(shim, "ps --format json"), bundle, "--leave-running", env=env)
+    assert out.returncode == 1, out.stderr
+    error = shim.last_error(bundle)
+    assert "could not check the CUDA processes: internal error: OSError" in error, error
+    assert shim.status("c1") == "paused"
+
+
+def test_an_internal_error_in_a_restore_thaw_is_retried(shim: Shim) -> None:
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    assert checkpoint(shim, bundle).returncode == 0
+    assert shim.run("delete", "c1").returncode == 0
+    out = failing(shim, "--action restore").docker_restore(bundle, shim.tmp / "image")
+    assert out.returncode == 0, shim.last_error(bundle)
+    assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
+    warnings = [e["msg"] for e in shim.log_entries(bundle) if e.get("level") == "warning"]
+    assert any("internal error: OSError" in w and "thawed on the second try" in w for w in warnings), warnings
+
+
+# --- item 5: a CUDA process started during the freeze ----------------------------------------
+
+
+def test_a_cuda_process_started_during_the_freeze_is_frozen_too(shim: Shim) -> None:
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    spawn = cuda_faults({"pid": 11, "op": "checkpoint", "fault": "spawn", "new_pid": 20})
+    out = checkpoint(shim, bundle, env=spawn)
+    assert out.returncode == 0, shim.last_error(bundle)
+    saved = json.loads((shim.tmp / "image" / "checkpoint.img").read_text())
+    assert saved["cuda"] == {"10": "checkpointed", "11": "checkpointed", "20": "checkpointed"}
+    record = json.loads((shim.tmp / "image" / "runsc-cuda.json").read_text())
+    assert [p["pid"] for p in record["cuda_processes"]] == [10, 11, 20]
+
+
+def test_a_cuda_process_started_during_the_freeze_is_thawed_with_leave_running(shim: Shim) -> None:
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    spawn = cuda_faults({"pid": 10, "op": "lock", "fault": "spawn", "new_pid": 20})
+    out = checkpoint(shim, bundle, "--leave-running", env=spawn)
+    assert out.returncode == 0, shim.last_error(bundle)
+    assert shim.cuda_states("c1") == {10: "running", 11: "running", 20: "running"}
+    assert shim.status("c1") == "paused"
+
+
+def test_a_newcomer_that_cannot_be_frozen_fails_with_everything_thawed(shim: Shim) -> None:
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    bundle = shim.gpu_container("c1", PIDS, CUDA, status="paused")
+    env = cuda_faults(
+        {"pid": 11, "op": "checkpoint", "fault": "spawn", "new_pid": 20},
+        {"pid": 20, "op": "checkpoint", "fault": "fail"},
+    )
+    out = checkpoint(shim, bundle, env=env)
+    assert out.returncode == 1
+    error = shim.last_error(bundle)
+    assert "PID 20" in error and "all CUDA processes are running again" in error, error
+    assert shim.cuda_states("c1") == {10: "running", 11: "running", 20: "running"}
+    assert shim.status("c1") == "paused"
+    assert not (shim.tmp / "image" / "checkpoint.img").exists()
