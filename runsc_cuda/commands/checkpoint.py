@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from runsc_cuda import layout
 from runsc_cuda.cuda import engine
-from runsc_cuda.engines import native
+from runsc_cuda.engines import guard, native
 from runsc_cuda.engines.exec_engine import ExecCheckpoint
 from runsc_cuda.engines.save import Target, plain
 from runsc_cuda.errors import ShimError, refusal
@@ -68,12 +68,14 @@ def checkpoint(session: Session, args: VerbArgs, cid: str, image: str) -> int:
         with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
             return plain(session, Target(cid, tune.apply(args), sandbox.state(), image, tune))
     with container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s):
+        guard.recover_leftover(session, root, cid)  # a runsc-cuda killed mid-checkpoint, its guardian too
         state = sandbox.state()
         chosen = engine.choose(cfg.engine, help.read(session, "checkpoint").knows(engine.NATIVE_FLAG))
         require_mount(cid, state)
         tune = tuning.for_checkpoint(session, cid, image, args, bundle.doc, gpu=True)
         target = Target(cid, tune.apply(args) if tune else args, state, image, tune)
         session.report.info(f"checkpoint of GPU container {cid}: engine {chosen}", container=cid, engine=chosen)
-        if chosen == "native":
-            return native.checkpoint(session, sandbox, target)
-        return ExecCheckpoint(session, sandbox, target).run()
+        with guard.guarded(session, cid, root, chosen):  # thaws even if this process is killed
+            if chosen == "native":
+                return native.checkpoint(session, sandbox, target)
+            return ExecCheckpoint(session, sandbox, target).run()

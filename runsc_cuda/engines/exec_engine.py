@@ -15,10 +15,11 @@ from __future__ import annotations
 import subprocess
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 
 from runsc_cuda.cuda import protocol
 from runsc_cuda.cuda.freezer import Freezer, Interrupted, StepError, Timeouts
-from runsc_cuda.engines.save import Target, commit, record, runsc_save
+from runsc_cuda.engines.save import Target, commit, guarded_save, record, saved
 from runsc_cuda.errors import ShimError
 from runsc_cuda.image import background, sidecar
 from runsc_cuda.modifier import Prepared
@@ -64,6 +65,9 @@ class ExecCheckpoint:
         self.timeouts = self.freezer.timeouts
         self.paused_now = target.found_paused
         self.cuda_pids: list[int] = []
+        self.states: dict[int, str] = {}  # the CUDA processes as found
+        self.entry: sidecar.Sidecar | None = None  # the image's record, written before the save
+        self.saved = False  # runsc saved the sandbox: the image restores
 
     # --- pause handling -----------------------------------------------------------------
 
@@ -98,7 +102,11 @@ class ExecCheckpoint:
         self.freezer.toggle_only = not caps.actions
 
     def _save(self) -> None:
-        result = runsc_save(self.session, self.target)
+        procs = tuple(sidecar.CudaProcess(pid, self.states[pid], protocol.CHECKPOINTED) for pid in self.cuda_pids)
+        self.entry = record(self.session, self.target, "exec", procs, self.freezer.timings())
+        self.freezer.check_interrupt()
+        result = guarded_save(self.session, self.target, self.entry)
+        self.saved = result.ok
         if not result.ok:
             raise ShimError(f"runsc checkpoint failed: {result.error_text() or result.describe()}")
 
@@ -108,7 +116,7 @@ class ExecCheckpoint:
         self.ensure_running()
         self._check_capabilities()
         candidates = self.sandbox.pids()
-        states = freezer.discover(candidates)
+        states = self.states = freezer.discover(candidates)
         self.cuda_pids = sorted(states)
         self._log("discover", f"{len(states)} CUDA processes among {len(candidates)}")
         freezer.freeze(states)
@@ -125,10 +133,9 @@ class ExecCheckpoint:
             for name in ("toggle", "restore", "unlock"):
                 self._log(name, "done")
             self.restore_pause()
-        procs = tuple(sidecar.CudaProcess(pid, states[pid], protocol.CHECKPOINTED) for pid in self.cuda_pids)
-        entry = record(self.session, self.target, "exec", procs, freezer.timings())
         freezer.check_interrupt()
-        commit(self.session, self.target, entry)
+        assert self.entry is not None
+        commit(self.session, self.target, replace(self.entry, timings=dict(freezer.timings())))
         self.report.info(
             f"checkpoint of {self.target.cid} done: {len(self.cuda_pids)} CUDA processes"
             + (", running again" if self.target.leave_running else ""),
@@ -199,12 +206,13 @@ class ExecCheckpoint:
                 problems[0] = "; ".join(filter(None, [problems.get(0), f"could not pause it again: {e}"]))
         elif self.sandbox.abandoned():
             self.sandbox.wait_abandoned(self.timeouts.lock_call_s)  # their errors must not land after ours
+        after = saved(self.target) if self.saved and saved(self.target) not in what else ""
         if problems:
             left = "; ".join(f"PID {p}: {w}" if p else w for p, w in sorted(problems.items()))
-            return f"{what}; rollback incomplete: {left}"
+            return f"{what}; rollback incomplete: {left}{after}"
         if alive and self.cuda_pids:
-            return f"{what}; all CUDA processes are running again"
-        return what
+            return f"{what}; all CUDA processes are running again{after}"
+        return what + after
 
 
 class ExecRestore:

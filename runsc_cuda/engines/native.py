@@ -7,10 +7,12 @@ killed or times out mid-save, and it trusts cuda-checkpoint's exit 0.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from runsc_cuda import layout
 from runsc_cuda.cuda import engine, protocol
 from runsc_cuda.cuda.freezer import Freezer, Timeouts
-from runsc_cuda.engines.save import Target, commit, record, runsc_save
+from runsc_cuda.engines.save import Target, commit, guarded_save, record, saved
 from runsc_cuda.errors import ShimError, refusal
 from runsc_cuda.oci.argv import Flag
 from runsc_cuda.oci.sandbox import UP, Sandbox
@@ -23,12 +25,13 @@ def checkpoint(session: Session, sandbox: Sandbox, target: Target) -> int:
         args = args.with_flag(Flag.make(engine.NATIVE_FLAG, layout.CONTAINER_CUDA_CHECKPOINT))
     if session.config.sequential and args.get(engine.SEQUENTIAL_FLAG) is None:
         args = args.with_flag(Flag.make(engine.SEQUENTIAL_FLAG))
+    entry = record(session, target, "native", (), {})
     why = session.interrupted()
     if why is not None:
         raise refusal(why)
     start = session.clock()
     try:
-        result = runsc_save(session, target, args)
+        result = guarded_save(session, target, entry, args)
     except BaseException as e:  # runsc may have toggled some processes before whatever this was
         if isinstance(e, SystemExit):
             raise
@@ -47,8 +50,8 @@ def checkpoint(session: Session, sandbox: Sandbox, target: Target) -> int:
     if target.leave_running:
         after = sweep(session, sandbox, target)
         if after:
-            raise ShimError(f"runsc checkpoint succeeded{after}")
-    commit(session, target, record(session, target, "native", (), {"save": seconds}))
+            raise ShimError(f"runsc checkpoint succeeded{after}{saved(target)}")
+    commit(session, target, replace(entry, timings={"save": round(seconds, 6)}))
     return 0
 
 
@@ -64,10 +67,15 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
     state = sandbox.try_state() or sandbox.try_state()
     if state is None or state.status not in UP:
         return ""
+    return "".join(f"; {p}" for p in thaw_all(session, sandbox, state.status == "paused", target.found_paused)[0])
+
+
+def thaw_all(session: Session, sandbox: Sandbox, paused: bool, found_paused: bool) -> tuple[list[str], bool]:
+    """Query every process of a live container and thaw the frozen ones; ``paused`` as it is now,
+    put back to ``found_paused``.  What to say, and whether every CUDA process was seen running."""
     cfg = session.config
     timeouts = Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s)
     freezer = Freezer(sandbox, timeouts, session.clock, max_parallel=cfg.max_parallel_cuda_calls)
-    paused = state.status == "paused"
     notes: list[str] = []
     frozen: list[int] = []
     left: dict[int, str] = {}
@@ -90,7 +98,7 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
         notes.append(f"runsc-cuda could not check the CUDA processes: {what}")
     if sandbox.abandoned():
         sandbox.wait_abandoned(timeouts.lock_call_s)  # their errors must not land after ours in log.json
-    if target.found_paused and not paused:
+    if found_paused and not paused:
         try:
             try:
                 sandbox.pause()
@@ -104,5 +112,4 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
         parts.append(f"runsc left CUDA processes frozen and runsc-cuda could not thaw them all: {detail}")
     elif frozen:
         parts.append(f"runsc left CUDA processes {frozen} frozen: runsc-cuda thawed them")
-    parts += notes
-    return "".join(f"; {p}" for p in parts)
+    return parts + notes, not left and not notes

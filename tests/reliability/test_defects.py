@@ -256,7 +256,8 @@ def test_a_native_thaw_toggle_that_did_nothing_is_caught(shim: Shim) -> None:
     assert "runsc checkpoint succeeded; runsc left CUDA processes [11] frozen" in shim.last_error(bundle)
     assert shim.cuda_states("c1") == dict.fromkeys(CUDA, "running")
     assert shim.status("c1") == "paused"
-    assert not (shim.tmp / "image" / "runsc-cuda.json").exists()
+    # runsc saved the sandbox: its image keeps the record that restores it (issue 12).
+    assert json.loads((shim.tmp / "image" / "runsc-cuda.json").read_text())["engine"] == "native"
 
 
 # --- hostile input -----------------------------------------------------------------------------------
