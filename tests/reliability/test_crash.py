@@ -183,10 +183,15 @@ def dead_holders(case: Shim) -> list[str]:
     """Held lock files whose recorded holder is gone (the guardian holds the lock while it thaws)."""
     out = []
     for path in lock_files(case):
-        if path.name in held_locks(case):
+        deadline = time.monotonic() + 2  # a holder that has just taken it writes its PID next
+        while path.name in held_locks(case):
             text = path.read_text().strip()
-            if not (text.isdigit() and os.path.exists(f"/proc/{text}")):
+            if text.isdigit() and os.path.exists(f"/proc/{text}"):
+                break
+            if time.monotonic() > deadline:
                 out.append(f"{path.name} (holder {text or '?'})")
+                break
+            time.sleep(0.05)
     return out
 
 
