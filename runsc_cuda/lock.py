@@ -28,7 +28,6 @@ from runsc_cuda.signals import StopFlag
 if TYPE_CHECKING:
     from runsc_cuda.session import Session
 
-DEFAULT_ROOT = "/var/run/runsc"  # runsc's own default --root
 
 
 def lock_path(state_dir: str, root: str, cid: str) -> str:
@@ -103,5 +102,4 @@ def container_lock(
 def session_lock(session: Session, cid: str) -> contextlib.AbstractContextManager[str]:
     """The container's lock for an intercepted call: its state_dir, its runsc root, its stop flag."""
     cfg = session.config
-    root = session.cmd.global_value("root") or DEFAULT_ROOT
-    return container_lock(cfg.state_dir, root, cid, cfg.lock_wait_s, stop=session.stop)
+    return container_lock(cfg.state_dir, session.runsc_root, cid, cfg.lock_wait_s, stop=session.stop)

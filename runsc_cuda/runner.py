@@ -7,13 +7,13 @@ shell string.
 
 from __future__ import annotations
 
-import fcntl
+import atexit
 import os
+import select
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -74,42 +74,121 @@ def printable(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _append_only(f: IO[bytes]) -> None:
-    """Make writes to ``f`` (and to the program's copy of it) land at its end, even after a truncate."""
-    flags = fcntl.fcntl(f.fileno(), fcntl.F_GETFL)
-    fcntl.fcntl(f.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
+class _Drain:
+    """Reads one pipe to its end on a thread: the first ``limit`` bytes are kept, the rest
+    discarded (``truncated``), so a program never blocks on a full pipe and nothing of its
+    output touches the disk."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, pipe: IO[bytes], limit: int) -> None:
+        self.fd = pipe.fileno()
+        self._pipe = pipe
+        self.limit = limit
+        self.data = bytearray()
+        self.truncated = False
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                chunk = os.read(self.fd, self.CHUNK)
+                if not chunk:
+                    break
+                with self._lock:
+                    room = self.limit - len(self.data)
+                    if room > 0:
+                        self.data += chunk[:room]
+                    if len(chunk) > max(room, 0):
+                        self.truncated = True
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._pipe.close()
+
+    def wait(self, timeout: float) -> bool:
+        self.thread.join(max(0.0, timeout))
+        return not self.thread.is_alive()
+
+    def take(self) -> tuple[bytes, bool]:
+        with self._lock:
+            return bytes(self.data), self.truncated
 
 
-def _cap(f: IO[bytes], limit: int) -> bool:
-    """Cut ``f`` back to ``limit`` + 1 bytes once it has grown past twice that; whether it was cut."""
-    fd = f.fileno()
-    if os.fstat(fd).st_size <= 2 * (limit + 1):
-        return False
-    os.ftruncate(fd, limit + 1)  # the first limit bytes stay; the extra byte marks the cut
-    return True
-
-
-def _read_bounded(f: IO[bytes], limit: int) -> tuple[bytes, bool]:
-    f.seek(0)
-    data = f.read(limit + 1)
-    return data[:limit], len(data) > limit
+def _hand_to_drainer(pipes: list[_Drain]) -> None:
+    """At exit: the pipes of programs still running (abandoned) go to a detached process that
+    reads them to their end, so none of them ever blocks on a full pipe or meets a closed one."""
+    fds = [d.fd for d in pipes if d.thread.is_alive()]
+    if not fds:
+        return
+    try:
+        child = os.fork()
+    except OSError:
+        return
+    if child:
+        os.waitpid(child, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        left = set(fds)
+        while left:
+            for fd, _ in poller.poll():
+                try:
+                    data = os.read(fd, 1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    poller.unregister(fd)
+                    left.discard(fd)
+    finally:
+        os._exit(0)
 
 
 class Runner:
     """Starts programs with a timeout and bounded output.
 
+    Output is read from pipes by threads, up to ``max_output`` bytes per stream
+    (the rest is read and dropped): reading it needs no disk space.
     ``kill_on_timeout`` False leaves a timed-out program running (it is
     abandoned, never killed): runsc-cuda must never SIGKILL a cuda-checkpoint
-    mid-operation.  The caller gets ``returncode None`` and can ``reap`` later.
+    mid-operation.  Its pipes are drained on (by a detached drainer once
+    runsc-cuda exits), so it never blocks on a full pipe nor meets a closed one.
+    The caller gets ``returncode None`` and can ``reap`` later.
     """
+
+    EOF_GRACE_S = 1.0  # how long to wait for the end of output once a program has exited
 
     def __init__(self, environ: Mapping[str, str], max_output: int = 1 << 20) -> None:
         self.environ = dict(environ)
         self.max_output = max_output
         self._abandoned: list[subprocess.Popen[bytes]] = []
         self.abandoned_total = 0  # every call ever abandoned, finished since or not
-
+        self._open_pipes: list[_Drain] = []  # pipes still being read after their call returned
         self._lock = threading.Lock()
+        # Called with the PID of each program as it starts (the guardian's record of a save).
+        self.on_start: Callable[[Sequence[str], int], None] | None = None
+
+    def _keep_draining(self, drains: list[_Drain]) -> None:
+        with self._lock:
+            if not self._open_pipes:
+                atexit.register(self._hand_off)
+            self._open_pipes += [d for d in drains if d.thread.is_alive()]
+
+    def _hand_off(self) -> None:
+        with self._lock:
+            pipes, self._open_pipes = self._open_pipes, []
+        _hand_to_drainer(pipes)
 
     def run(
         self,
@@ -118,64 +197,51 @@ class Runner:
         stdin: bytes | None = None,
         kill_on_timeout: bool = True,
     ) -> Result:
-        """Run ``argv`` (no shell); output goes to anonymous temp files, so a program
-        that outlives the call (abandoned after its timeout) never writes into a
-        closed pipe."""
+        """Run ``argv`` (no shell) with its output read from pipes, bounded."""
         start = time.monotonic()
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            _append_only(out)
-            _append_only(err)
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self.environ,
+                close_fds=True,
+            )
+        except OSError as e:
+            return Result(tuple(argv), 127, b"", f"cannot execute {argv[0]}: {e.strerror}".encode(), 0.0, started=False)
+        assert proc.stdout is not None and proc.stderr is not None
+        drains = [_Drain(proc.stdout, self.max_output), _Drain(proc.stderr, self.max_output)]
+        if self.on_start is not None:
+            self.on_start(argv, proc.pid)
+        if stdin is not None and proc.stdin is not None:
             try:
-                proc = subprocess.Popen(
-                    list(argv),
-                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    env=self.environ,
-                    close_fds=True,
-                )
-            except OSError as e:
-                return Result(
-                    tuple(argv), 127, b"", f"cannot execute {argv[0]}: {e.strerror}".encode(), 0.0, started=False
-                )
-            if stdin is not None and proc.stdin is not None:
-                try:
-                    proc.stdin.write(stdin)
-                    proc.stdin.close()
-                except OSError:
-                    pass
-            timed_out = False
-            cut = False
-            deadline = start + timeout
-            pause = 0.001
-            try:
-                # Wait in slices (1 ms growing to 10 ms, back to 1 ms while a program keeps
-                # writing): output beyond the limit is cut from the temp files as it comes, so
-                # a program inside the sandbox cannot fill the host's disk.
-                while True:
-                    try:
-                        proc.wait(timeout=max(0.0, min(pause, deadline - time.monotonic())))
-                        break
-                    except subprocess.TimeoutExpired:
-                        now_cut = _cap(out, self.max_output) | _cap(err, self.max_output)
-                        cut = cut or now_cut
-                        pause = 0.001 if now_cut else min(0.01, pause * 2)
-                        if time.monotonic() >= deadline:
-                            raise
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                if kill_on_timeout:
-                    proc.kill()
-                    proc.wait()
-                else:
-                    with self._lock:
-                        self._abandoned.append(proc)
-                        self.abandoned_total += 1
-            stdout, cut_out = _read_bounded(out, self.max_output)
-            stderr, cut_err = _read_bounded(err, self.max_output)
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            except OSError:
+                pass
+        timed_out = False
+        try:
+            proc.wait(timeout=max(0.0, start + timeout - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            if kill_on_timeout:
+                proc.kill()
+                proc.wait()
+            else:
+                with self._lock:
+                    self._abandoned.append(proc)
+                    self.abandoned_total += 1
+        if not timed_out or kill_on_timeout:
+            # A program that left a child holding its output: take what came, keep draining the rest.
+            deadline = time.monotonic() + self.EOF_GRACE_S
+            for d in drains:
+                d.wait(deadline - time.monotonic())
+        if any(d.thread.is_alive() for d in drains):
+            self._keep_draining(drains)
+        (stdout, cut_out), (stderr, cut_err) = drains[0].take(), drains[1].take()
         code = None if (timed_out and not kill_on_timeout) else proc.returncode
-        truncated = cut or cut_out or cut_err
-        return Result(tuple(argv), code, stdout, stderr, time.monotonic() - start, timed_out, truncated)
+        return Result(tuple(argv), code, stdout, stderr, time.monotonic() - start, timed_out, cut_out or cut_err)
 
     def abandoned(self) -> int:
         with self._lock:

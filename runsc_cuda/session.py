@@ -11,7 +11,7 @@ from runsc_cuda import config as config_mod
 from runsc_cuda import logs
 from runsc_cuda.errors import ShimError
 from runsc_cuda.oci.argv import CommandLine
-from runsc_cuda.oci.runsc import exec_runsc, resolve_runsc
+from runsc_cuda.oci.runsc import DEFAULT_RUNSC_ROOT, exec_runsc, resolve_runsc
 from runsc_cuda.runner import Result, Runner
 from runsc_cuda.signals import StopFlag
 
@@ -29,6 +29,11 @@ class Session:
     # Set by SIGTERM/SIGINT/SIGHUP while an intercepted verb runs: the work stops at the
     # next step boundary, rolls back, and the call fails.
     stop: StopFlag = field(default_factory=StopFlag)
+
+    @property
+    def runsc_root(self) -> str:
+        """runsc's --root for this call (runsc's own default when the caller gives none)."""
+        return self.cmd.global_value("root") or DEFAULT_RUNSC_ROOT
 
     def runsc_argv(self, args: Sequence[str]) -> list[str]:
         """A runsc call with the caller's global flags (``--root`` decides which containers exist)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from runsc_cuda import layout
 from runsc_cuda.cuda import engine
-from runsc_cuda.engines import native
+from runsc_cuda.engines import guard, native
 from runsc_cuda.engines.exec_engine import ExecCheckpoint
 from runsc_cuda.engines.save import Target, plain
 from runsc_cuda.errors import ShimError, refusal
@@ -67,12 +67,14 @@ def checkpoint(session: Session, args: VerbArgs, cid: str, image: str) -> int:
         with session_lock(session, cid):
             return plain(session, Target(cid, tune.apply(args), sandbox.state(), image, tune))
     with session_lock(session, cid):
+        guard.recover_leftover(session, session.runsc_root, cid)  # a runsc-cuda killed mid-checkpoint, its guardian too
         state = sandbox.state()
         chosen = engine.choose(cfg.engine, help.read(session, "checkpoint").knows(engine.NATIVE_FLAG))
         require_mount(cid, state)
         tune = tuning.for_checkpoint(session, cid, image, args, bundle.doc, gpu=True)
         target = Target(cid, tune.apply(args) if tune else args, state, image, tune)
         session.report.info(f"checkpoint of GPU container {cid}: engine {chosen}", container=cid, engine=chosen)
-        if chosen == "native":
-            return native.checkpoint(session, sandbox, target)
-        return ExecCheckpoint(session, sandbox, target).run()
+        with guard.guarded(session, cid, session.runsc_root, chosen):  # thaws even if this process is killed
+            if chosen == "native":
+                return native.checkpoint(session, sandbox, target)
+            return ExecCheckpoint(session, sandbox, target).run()

@@ -302,14 +302,21 @@ class Freezer:
             problem = ""
             for attempt in range(ROLLBACK_TRIES + 1):
                 state, why = self.query(pid)
-                if state is None:
-                    return pid, "" if gone(why) else f"state unknown ({why})"
+                if state is None and gone(why):
+                    return pid, ""
                 if state == protocol.RUNNING:
                     return pid, ""
                 if state == protocol.FAILED:
                     return pid, "process is in state failed"
-                if attempt == ROLLBACK_TRIES:
-                    return pid, problem or f"still {state}"
+                if attempt == ROLLBACK_TRIES or (state is None and self.toggle_only):
+                    return pid, problem or (f"still {state}" if state else f"state unknown ({why})")
+                if state is None:
+                    # Nobody could tell (the query's output was lost, say): restore, then unlock.
+                    # A running process refuses both harmlessly; a frozen one comes back.
+                    problem = f"state unknown ({why})"
+                    for name in protocol.THAW_FROM[protocol.CHECKPOINTED]:
+                        self._call(pid, name)
+                    continue
                 steps = protocol.THAW_FROM[state]
                 if self.toggle_only and state == protocol.CHECKPOINTED:
                     steps = ("toggle",)

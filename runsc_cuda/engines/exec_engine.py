@@ -14,17 +14,21 @@ names others is an error, after those are thawed.
 from __future__ import annotations
 
 import subprocess
+import traceback
 from collections.abc import Callable
+from dataclasses import replace
 
 from runsc_cuda.cuda import protocol
 from runsc_cuda.cuda.freezer import Freezer, Interrupted, StepError, Timeouts
-from runsc_cuda.engines.save import Target, commit, record, runsc_save
+from runsc_cuda.engines.save import Target, commit, guarded_save, record, saved
 from runsc_cuda.errors import ShimError
 from runsc_cuda.image import background, sidecar
 from runsc_cuda.modifier import Prepared
 from runsc_cuda.oci.sandbox import GONE, GONE_NOTE, UP, Sandbox
 from runsc_cuda.session import Session
 from runsc_cuda.signals import forwarded_to
+
+NEWCOMER_ROUNDS = 3  # times the processes are listed again for ones started during the freeze
 
 
 def freezer_for(session: Session, sandbox: Sandbox, stoppable: bool = False) -> Freezer:
@@ -36,6 +40,18 @@ def freezer_for(session: Session, sandbox: Sandbox, stoppable: bool = False) -> 
         session.stop if stoppable else (lambda: False),
         max_parallel=cfg.max_parallel_cuda_calls,
     )
+
+
+def describe(error: BaseException, session: Session) -> str:
+    """What went wrong, for a message: a failed step or call as it is, anything else as an internal error."""
+    if isinstance(error, Interrupted):
+        return f"interrupted by {session.stop.name()}"
+    if isinstance(error, (StepError, ShimError)):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    session.report.debug("internal error", traceback="".join(traceback.format_exception(error)))
+    return f"internal error: {type(error).__name__}: {error}"
 
 
 class ExecCheckpoint:
@@ -50,6 +66,9 @@ class ExecCheckpoint:
         self.timeouts = self.freezer.timeouts
         self.paused_now = target.found_paused
         self.cuda_pids: list[int] = []
+        self.states: dict[int, str] = {}  # the CUDA processes as found
+        self.entry: sidecar.Sidecar | None = None  # the image's record, written before the save
+        self.saved = False  # runsc saved the sandbox: the image restores
 
     # --- pause handling -----------------------------------------------------------------
 
@@ -68,8 +87,10 @@ class ExecCheckpoint:
     def run(self) -> int:
         try:
             self._run()
-        except (StepError, Interrupted, ShimError) as e:
-            raise ShimError(self._recover(e)) from None
+        except BaseException as e:  # every way out of a freeze rolls back, an internal error too
+            if isinstance(e, SystemExit):
+                raise
+            raise ShimError(self._recover(e), 130 if isinstance(e, KeyboardInterrupt) else 1) from None
         return 0
 
     def _check_capabilities(self) -> None:
@@ -82,7 +103,11 @@ class ExecCheckpoint:
         self.freezer.toggle_only = not caps.actions
 
     def _save(self) -> None:
-        result = runsc_save(self.session, self.target)
+        procs = tuple(sidecar.CudaProcess(pid, self.states[pid], protocol.CHECKPOINTED) for pid in self.cuda_pids)
+        self.entry = record(self.session, self.target, "exec", procs, self.freezer.timings())
+        self.freezer.check_interrupt()
+        result = guarded_save(self.session, self.target, self.entry)
+        self.saved = result.ok
         if not result.ok:
             raise ShimError(f"runsc checkpoint failed: {result.error_text() or result.describe()}")
 
@@ -92,7 +117,7 @@ class ExecCheckpoint:
         self.ensure_running()
         self._check_capabilities()
         candidates = self.sandbox.pids()
-        states = freezer.discover(candidates)
+        states = self.states = freezer.discover(candidates)
         self.cuda_pids = sorted(states)
         self._log("discover", f"{len(states)} CUDA processes among {len(candidates)}")
         freezer.freeze(states)
@@ -100,6 +125,7 @@ class ExecCheckpoint:
             self._log(name, "done")
         freezer.check_interrupt()
         self.restore_pause()
+        self._freeze_newcomers(set(candidates), states)
         freezer.timed("save", self.cuda_pids, self._save)
         self._log("save", "runsc saved the sandbox")
         if self.target.leave_running:
@@ -108,10 +134,9 @@ class ExecCheckpoint:
             for name in ("toggle", "restore", "unlock"):
                 self._log(name, "done")
             self.restore_pause()
-        procs = tuple(sidecar.CudaProcess(pid, states[pid], protocol.CHECKPOINTED) for pid in self.cuda_pids)
-        entry = record(self.session, self.target, "exec", procs, freezer.timings())
         freezer.check_interrupt()
-        commit(self.session, self.target, entry)
+        assert self.entry is not None
+        commit(self.session, self.target, replace(self.entry, timings=dict(freezer.timings())))
         self.report.info(
             f"checkpoint of {self.target.cid} done: {len(self.cuda_pids)} CUDA processes"
             + (", running again" if self.target.leave_running else ""),
@@ -119,6 +144,28 @@ class ExecCheckpoint:
             pids=self.cuda_pids,
             timings=freezer.timings(),
         )
+
+    def _freeze_newcomers(self, known: set[int], states: dict[int, str]) -> None:
+        """List the processes again once the container is paused for the save (nothing new starts
+        then): a CUDA process started during the freeze (``docker exec``) is frozen too, or the
+        checkpoint fails with everything thawed.  A container found running can still start one
+        between this look and runsc's own pause."""
+        for round_ in range(NEWCOMER_ROUNDS + 1):
+            new = [pid for pid in self.sandbox.pids() if pid not in known]
+            if not new:
+                return
+            if round_ == NEWCOMER_ROUNDS:
+                raise ShimError(f"new processes kept starting in the container during the freeze: {new[:10]}")
+            known.update(new)
+            self.ensure_running()
+            found = self.freezer.discover(new)
+            self._log("discover", f"{len(found)} CUDA processes among {len(new)} started during the freeze")
+            if found:
+                states.update(found)
+                self.cuda_pids = sorted(states)
+                self.freezer.freeze(found)
+            self.freezer.check_interrupt()
+            self.restore_pause()
 
     def _log(self, name: str, what: str) -> None:
         phase = self.freezer.last(name)
@@ -132,9 +179,16 @@ class ExecCheckpoint:
             pids=phase.pids,
         )
 
-    def _recover(self, error: Exception) -> str:
+    def _recover(self, error: BaseException) -> str:
         """Bring every CUDA process back to running and the pause state back; what to report."""
-        what = f"interrupted by {self.session.stop.name()}" if isinstance(error, Interrupted) else str(error)
+        what = describe(error, self.session)
+        try:
+            return self._rollback(what)
+        except Exception as e:  # the guardian sweeps after us (runsc-cuda did not say "done")
+            self.report.debug("internal error in the rollback", traceback=traceback.format_exc())
+            raise ShimError(f"{what}; rollback incomplete: {describe(e, self.session)}") from None
+
+    def _rollback(self, what: str) -> str:
         problems: dict[int, str] = {}
         state = self.sandbox.try_state() or self.sandbox.try_state()  # a failed look is not a gone container
         alive = state is None or state.status in UP
@@ -145,19 +199,23 @@ class ExecCheckpoint:
                 if self.cuda_pids:
                     self.ensure_running()
                 problems = self.freezer.recover(self.cuda_pids)
+            except Exception as e:
+                problems[0] = describe(e, self.session)
+            try:
                 self.restore_pause()
-            except ShimError as e:
-                problems[0] = str(e)
+            except Exception as e:
+                problems[0] = "; ".join(filter(None, [problems.get(0), f"could not pause it again: {e}"]))
         elif self.sandbox.abandoned():
             self.sandbox.wait_abandoned(self.timeouts.lock_call_s)  # their errors must not land after ours
+        after = saved(self.target) if self.saved and saved(self.target) not in what else ""
         if problems:
             left = "; ".join(f"PID {p}: {w}" if p else w for p, w in sorted(problems.items()))
-            return f"{what}; rollback incomplete: {left}"
+            return f"{what}; rollback incomplete: {left}{after}"
         if alive and self.cuda_pids:
-            return f"{what}; all CUDA processes are running again"
+            return f"{what}; all CUDA processes are running again{after}"
         if state is not None and state.status == GONE:
-            return f"{what}; {GONE_NOTE}"
-        return what
+            return f"{what}; {GONE_NOTE}{after}"
+        return what + after
 
 
 def shortlist(pids: list[int], shown: int = 10) -> str:
@@ -274,7 +332,8 @@ class ExecRestore:
         pids = sorted(states)
         try:
             self.freezer.thaw(states)
-        except StepError as first:
+        except Exception as error:  # an internal error too: the thaw is tried again from the states
+            first = describe(error, self.session)
             # Once more from whatever state each process is in now (the calls that outlived
             # their timeout are waited for first: a late one may still change a state).
             left = self.freezer.recover(pids)

@@ -7,10 +7,12 @@ killed or times out mid-save, and it trusts cuda-checkpoint's exit 0.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from runsc_cuda import layout
 from runsc_cuda.cuda import engine, protocol
 from runsc_cuda.cuda.freezer import Freezer, Timeouts
-from runsc_cuda.engines.save import Target, commit, record, runsc_save
+from runsc_cuda.engines.save import Target, commit, guarded_save, record, saved
 from runsc_cuda.errors import ShimError, refusal
 from runsc_cuda.oci.argv import Flag
 from runsc_cuda.oci.sandbox import GONE, GONE_NOTE, UP, Sandbox
@@ -23,11 +25,18 @@ def checkpoint(session: Session, sandbox: Sandbox, target: Target) -> int:
         args = args.with_flag(Flag.make(engine.NATIVE_FLAG, layout.CONTAINER_CUDA_CHECKPOINT))
     if session.config.sequential and args.get(engine.SEQUENTIAL_FLAG) is None:
         args = args.with_flag(Flag.make(engine.SEQUENTIAL_FLAG))
+    entry = record(session, target, "native", (), {})
     why = session.interrupted()
     if why is not None:
         raise refusal(why)
     start = session.clock()
-    result = runsc_save(session, target, args)
+    try:
+        result = guarded_save(session, target, entry, args)
+    except BaseException as e:  # runsc may have toggled some processes before whatever this was
+        if isinstance(e, SystemExit):
+            raise
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"internal error: {type(e).__name__}: {e}"
+        raise ShimError(f"runsc checkpoint: {what}{sweep(session, sandbox, target)}") from None
     seconds = session.clock() - start
     if not result.ok:
         reason = result.error_text() or result.describe()
@@ -41,8 +50,8 @@ def checkpoint(session: Session, sandbox: Sandbox, target: Target) -> int:
     if target.leave_running:
         after = sweep(session, sandbox, target)
         if after:
-            raise ShimError(f"runsc checkpoint succeeded{after}")
-    commit(session, target, record(session, target, "native", (), {"save": seconds}))
+            raise ShimError(f"runsc checkpoint succeeded{after}{saved(target)}")
+    commit(session, target, replace(entry, timings={"save": round(seconds, 6)}))
     return 0
 
 
@@ -60,10 +69,15 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
         return f"; {GONE_NOTE}"
     if state is None or state.status not in UP:
         return ""
+    return "".join(f"; {p}" for p in thaw_all(session, sandbox, state.status == "paused", target.found_paused)[0])
+
+
+def thaw_all(session: Session, sandbox: Sandbox, paused: bool, found_paused: bool) -> tuple[list[str], bool]:
+    """Query every process of a live container and thaw the frozen ones; ``paused`` as it is now,
+    put back to ``found_paused``.  What to say, and whether every CUDA process was seen running."""
     cfg = session.config
     timeouts = Timeouts(cfg.lock_timeout_ms, cfg.cuda_call_timeout_s)
     freezer = Freezer(sandbox, timeouts, session.clock, max_parallel=cfg.max_parallel_cuda_calls)
-    paused = state.status == "paused"
     notes: list[str] = []
     frozen: list[int] = []
     left: dict[int, str] = {}
@@ -81,17 +95,18 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
             if unknown:
                 detail = "; ".join(f"PID {p}: {w}" for p, w in unknown.items())
                 notes.append(f"runsc-cuda could not check every process: {detail}")
-    except ShimError as e:
-        notes.append(f"runsc-cuda could not check the CUDA processes: {e}")
+    except Exception as e:  # an internal error too: it must not skip the pause below
+        what = str(e) if isinstance(e, ShimError) else f"internal error: {type(e).__name__}: {e}"
+        notes.append(f"runsc-cuda could not check the CUDA processes: {what}")
     if sandbox.abandoned():
         sandbox.wait_abandoned(timeouts.lock_call_s)  # their errors must not land after ours in log.json
-    if target.found_paused and not paused:
+    if found_paused and not paused:
         try:
             try:
                 sandbox.pause()
             except ShimError:
                 sandbox.pause()  # once more: the pause state must be as found
-        except ShimError as e:
+        except Exception as e:
             notes.append(f"could not pause it again: {e}")
     parts = []
     if left:
@@ -99,5 +114,4 @@ def sweep(session: Session, sandbox: Sandbox, target: Target) -> str:
         parts.append(f"runsc left CUDA processes frozen and runsc-cuda could not thaw them all: {detail}")
     elif frozen:
         parts.append(f"runsc left CUDA processes {frozen} frozen: runsc-cuda thawed them")
-    parts += notes
-    return "".join(f"; {p}" for p in parts)
+    return parts + notes, not left and not notes

@@ -1,14 +1,18 @@
 """What every checkpoint shares, whichever engine froze the CUDA processes: the runsc save and the image's record.
 
-The sidecar is written last: an image without one is not a runsc-cuda image,
-so a checkpoint that fails before this step never leaves one that restores
-with its CUDA processes frozen.
+The sidecar is written twice: a provisional one just before runsc saves (what
+was frozen, which GPUs), removed again when the save fails, and the complete
+one after.  So an image that runsc saved always has a record that restores it
+correctly (its CUDA processes thawed), even when the disk fills or a stop
+request comes after the save; and an image whose save failed has none.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from runsc_cuda.cuda import host
 from runsc_cuda.errors import ShimError
@@ -86,19 +90,74 @@ def record(
     )
 
 
+def provisional(session: Session, target: Target, entry: sidecar.Sidecar) -> bool:
+    """Before the save: the image's record as far as it is known (``discard`` it if the save fails).
+    The folder is made as runsc would make it (0755); whether it was made here."""
+    made = False
+    if not os.path.isdir(target.image):
+        try:
+            os.makedirs(target.image, 0o755)
+            made = True
+        except OSError as e:
+            raise ShimError(f"cannot create {target.image}: {e.strerror}") from None
+    try:
+        sidecar.write(target.image, entry)
+    except ShimError:
+        discard(target, made)
+        raise
+    return made
+
+
+def discard(target: Target, made: bool) -> None:
+    """The save failed: its image is no runsc-cuda image (and a folder made for it goes if empty)."""
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(target.image, sidecar.NAME))
+    if made:
+        with contextlib.suppress(OSError):
+            os.rmdir(target.image)
+
+
+def saved(target: Target) -> str:
+    """What a failure after the save adds: what became of the container, and that the image restores."""
+    if target.leave_running:
+        return f"; runsc saved the sandbox: the image at {target.image} restores"
+    return f"; the container was stopped (runsc saved it: the image at {target.image} restores)"
+
+
 def commit(session: Session, target: Target, entry: sidecar.Sidecar) -> None:
-    """Write the sidecar, which makes the image one runsc-cuda restores; a stop asked for before it fails the call."""
+    """Complete the image's record (timings, what the image holds); a stop asked for before it fails the call.
+
+    Either way the provisional record stays: the image restores correctly.
+    """
     why = session.interrupted()
     if why is not None:
-        raise ShimError(f"{why} after runsc saved the sandbox; the image has no runsc-cuda record")
-    sidecar.write(target.image, entry)
+        raise ShimError(f"{why} after the save{saved(target)}")
+    entry = replace(entry, tuning=tuning.sidecar_record(target.tune, target.image), created=sidecar.now_rfc3339())
+    try:
+        sidecar.write(target.image, entry)
+    except ShimError as e:
+        raise ShimError(f"{e}{saved(target)}") from None
+
+
+def guarded_save(session: Session, target: Target, entry: sidecar.Sidecar, args: VerbArgs | None = None) -> Result:
+    """The provisional record, then ``runsc checkpoint``; the record goes again unless runsc saved."""
+    made = provisional(session, target, entry)
+    try:
+        result = runsc_save(session, target, args)
+    except BaseException:
+        discard(target, made)
+        raise
+    if not result.ok:
+        discard(target, made)
+    return result
 
 
 def plain(session: Session, target: Target) -> int:
     """A container without GPUs whose checkpoint runsc-cuda tunes: runsc saves it with the added flags."""
     start = session.clock()
-    result = runsc_save(session, target)
+    entry = record(session, target, "none", (), {})
+    result = guarded_save(session, target, entry)
     if not result.ok:
         raise ShimError(f"runsc checkpoint: {result.error_text() or result.describe()}")
-    commit(session, target, record(session, target, "none", (), {"save": session.clock() - start}))
+    commit(session, target, replace(entry, timings={"save": round(session.clock() - start, 6)}))
     return 0

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = "/etc/runsc-cuda/config.toml"
 DEFAULT_STATE_DIR = "/run/runsc-cuda"  # config state_dir's default
+DEFAULT_RUNSC_ROOT = "/var/run/runsc"  # runsc's own default --root
 ENV_STATE_DIR = "RUNSC_CUDA_STATE_DIR"
 ENV_CONFIG = "RUNSC_CUDA_CONFIG"
 ENV_RUNSC = "RUNSC_CUDA_RUNSC"

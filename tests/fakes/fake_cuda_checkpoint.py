@@ -40,6 +40,8 @@ Test switches (environment):
                     ("output_file": print that file's bytes as well: megabytes, binary)
            signal   send "signal" (default TERM) to the caller, "when" before (default) or
                     after the call is carried out
+           spawn    a process "new_pid" starts in the container (``docker exec``), a CUDA
+                    process (running) unless "cuda" is false; then the call is carried out
 """
 
 from __future__ import annotations
@@ -180,6 +182,13 @@ class Container:
         states.pop(str(pid), None)
         self._write("cuda.json", states)
 
+    def spawn(self, pid: int, cuda: bool) -> None:
+        full = self._read("state.json", {})
+        full["pids"] = [*full.get("pids", []), pid]
+        self._write("state.json", full)
+        if cuda:
+            self.set_state(pid, "running")
+
     def consume(self, key: str, times: int, skip: int = 0) -> bool:
         """Count a matching call: the fault applies after ``skip`` of them, ``times`` times (0: always)."""
         used = dict(self._read("cuda-faults-used.json", {}))
@@ -259,6 +268,9 @@ def apply_fault(plan: dict[str, Any], box: Container, pid: int, op: str, opts: d
         else:
             os.kill(os.getppid(), signum)
             time.sleep(float(plan.get("seconds", 0)))
+    elif kind == "spawn":
+        with box:
+            box.spawn(int(plan["new_pid"]), bool(plan.get("cuda", True)))
     elif kind == "vanish":
         with box:
             box.vanish(pid)

@@ -43,7 +43,8 @@ Test switches (environment):
            output   print "output" (and "stderr"), each "repeat" times, exit "code"
                     ("output_file": print that file's bytes instead: megabytes, binary)
            signal   send "signal" (default TERM) to the caller, "when" before (default) or
-                    after the call is carried out
+                    after the call is carried out ("seconds": wait that long first, as a
+                    save that goes on after its caller was killed)
   FAKE_RUNSC_VERSION=<text>    what --version prints as the version
   FAKE_RUNSC_DROP_FLAGS=<list> "restore:background,wait:restore": flags this runsc does not know
   FAKE_RUNSC_COMPRESSION_DEFAULT=<name>  checkpoint's --compression default (older runsc: flate-best-speed)
@@ -479,7 +480,7 @@ class Fake:
                     self.signal_after = signum
                 else:
                     os.kill(os.getppid(), signum)
-                    time.sleep(float(plan.get("seconds", 0)))
+                    time.sleep(float(plan.get("seconds", 0)))  # the call goes on after its caller is gone
 
     def consume(self, key: str, times: int, skip: int = 0) -> bool:
         """Count matching calls of a fault in <root>/faults-used.json.

@@ -132,11 +132,20 @@ def test_a_lock_left_by_a_killed_runsc_cuda_does_not_block(shim: Shim) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert os.path.exists(path)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the kernel released it with its holder
-    finally:
-        os.close(fd)
+    # The kernel released it with its holder; the guardian may take it while it thaws, then lets go.
+    deadline = time.monotonic() + 30
+    while True:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = open(path).read().strip()  # noqa: SIM115
+            assert holder != str(proc.pid), holder  # empty: a holder that has just taken it
+            assert time.monotonic() < deadline, "the lock is still held"
+        finally:
+            os.close(fd)
+        time.sleep(0.05)
     shim.env.pop("FAKE_CUDA_DELAY")
     time.sleep(1.0)  # let calls the killed run left behind finish
     out = shim.docker(bundle, "checkpoint", "--image-path", str(shim.tmp / "i2"), "--leave-running", "c1")

@@ -217,3 +217,27 @@ def test_recover_reports_calls_still_running_after_the_wait() -> None:
     box.wait_abandoned = lambda timeout: 1  # type: ignore[method-assign]
     assert freezer_for(box).recover([10]) == {0: "1 cuda-checkpoint call(s) still running"}
     assert box.states == {10: "running"}
+
+
+@pytest.mark.parametrize("start", ["running", "locked", "checkpointed"])
+def test_rollback_of_an_unknown_state_still_restores_then_unlocks(start: str) -> None:
+    """A query whose answer was lost (a full disk once hid every one) is no reason to leave a
+    process frozen: restore, then unlock (a running process refuses both harmlessly)."""
+    box = FakeSandbox({10: start}, {("get-state", 10): "no-run"})
+    assert freezer_for(box).rollback([10]) == {}
+    assert box.states == {10: "running"}
+    assert [op for op, _ in box.calls if op != "get-state"] == ["restore", "unlock"]
+
+
+def test_rollback_that_never_learns_the_state_says_so() -> None:
+    box = FakeSandbox({10: "checkpointed"})
+    box.cuda = lambda args, timeout: Result(tuple(args), 128, b"", b"runsc: exec failed", 0.0)  # type: ignore[method-assign]
+    problems = freezer_for(box).rollback([10])
+    assert problems[10].startswith("state unknown (the query did not run")
+
+
+def test_rollback_never_toggles_blindly() -> None:
+    """With only --toggle, an action on an unknown state could freeze a running process."""
+    box = FakeSandbox({10: "running"}, {("get-state", 10): "no-run"})
+    assert freezer_for(box, toggle_only=True).rollback([10])[10].startswith("state unknown")
+    assert box.states == {10: "running"} and [op for op, _ in box.calls if op != "get-state"] == []
