@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the reliability suites and print their figures as a table (tried / survived / lost).
 
-Each suite (tests/test_reliability_*.py) counts its cases and appends its
+Each suite (tests/reliability/) counts its cases and appends its
 figures to the file named by RUNSC_CUDA_RELIABILITY_FIGURES; this script runs
 pytest on them with a temporary figures file and prints one Markdown row per
 figure line, then one per suite (the table in docs/reliability.md).
@@ -30,11 +30,14 @@ from types import FrameType
 REPO = Path(__file__).resolve().parent.parent
 SUITES = OrderedDict(
     [
-        ("faults", ("1. Fault matrix (both engines)", "tests/test_reliability_faults.py")),
-        ("fuzz", ("2. Fuzzing (hypothesis)", "tests/test_reliability_fuzz.py")),
-        ("crash", ("3. Crash safety (SIGKILL)", "tests/test_reliability_crash.py")),
-        ("load", ("4. Load", "tests/test_reliability_load.py")),
-        ("hostile", ("5. Hostile input", "tests/test_reliability_hostile.py")),
+        ("faults", ("1. Fault matrix (both engines)", ("tests/reliability/test_faults.py",))),
+        ("fuzz", ("2. Fuzzing (hypothesis)", ("tests/reliability/test_fuzz.py",))),
+        ("crash", ("3. Crash safety (SIGKILL)", ("tests/reliability/test_crash.py",))),
+        ("load", ("4. Load", ("tests/reliability/test_load.py",))),
+        (
+            "hostile",
+            ("5. Hostile input", ("tests/reliability/test_hostile.py", "tests/reliability/test_hostile_folders.py")),
+        ),
     ]
 )
 
@@ -43,7 +46,8 @@ def run(scale: int, names: list[str], expr: str | None) -> tuple[list[dict[str, 
     with tempfile.TemporaryDirectory() as tmp:
         figures = Path(tmp) / "figures.jsonl"
         env = dict(os.environ, RUNSC_CUDA_RELIABILITY_SCALE=str(scale), RUNSC_CUDA_RELIABILITY_FIGURES=str(figures))
-        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(SUITES[n][1] for n in names)]
+        files = [f for n in names for f in SUITES[n][1]]
+        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
         if expr:
             argv += ["-k", expr]
         start = time.monotonic()

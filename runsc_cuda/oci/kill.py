@@ -13,6 +13,8 @@ gets runc's words added.  The exit status is runsc's.
 
 from __future__ import annotations
 
+from runsc_cuda.oci.argv import VerbFlags, parse_verb_args
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -21,15 +23,12 @@ if TYPE_CHECKING:
 
 
 
+KILL_FLAGS = VerbFlags(frozenset({"all", "h", "help"}), frozenset({"pid"}))  # runsc kill (release-20260817)
+
+
 def wants_all(cmd: CommandLine) -> bool:
-    """``kill --all`` (any Go spelling), looking at the flags before the container id."""
-    for token in cmd.rest:
-        if not token.startswith("-") or token in ("-", "--"):
-            return False
-        name, _, value = token.lstrip("-").partition("=")
-        if name == "all":
-            return value.lower() not in ("false", "0", "f")
-    return False
+    """``kill --all`` (any Go spelling, Go's boolean words), read with the argv model."""
+    return parse_verb_args(cmd.rest, KILL_FLAGS).is_set("all")
 
 
 def kill_all(argv: list[str], environ: Mapping[str, str]) -> int:
