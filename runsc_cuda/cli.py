@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if cmd is not None and cmd.verb == "start":  # CRI sub-container: create's stdio (runsc_cuda/oci/stdio.py)
         from runsc_cuda.oci.stdio import take_create_stdio
 
-        take_create_stdio(cmd, environ)
+        if take_create_stdio(cmd, environ):
+            return 0  # restored at create (a pod restored from a checkpoint): running already
     try:
         if cmd is not None and cmd.verb == "kill" and any("all" in t for t in cmd.rest):  # runc.v2 shim (oci/kill.py)
             from runsc_cuda.oci import kill

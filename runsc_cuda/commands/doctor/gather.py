@@ -21,6 +21,7 @@ from runsc_cuda.runner import Runner
 
 PROBE_TIMEOUT_S = 15.0
 
+
 def _probe(runner: Runner, argv: list[str]) -> Probe:
     result = runner.run(argv, PROBE_TIMEOUT_S)
     if result.timed_out:

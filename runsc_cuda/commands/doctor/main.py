@@ -44,8 +44,6 @@ def checks(f: Facts, require: Sequence[str] = ()) -> list[Check]:
     ]
 
 
-
-
 def parse_args(args: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="runsc-cuda doctor",
