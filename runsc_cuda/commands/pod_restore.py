@@ -78,8 +78,17 @@ def handle(session: Session, args: VerbArgs, doc: dict[str, Any], value: str) ->
         if kind == "container":
             return restore_container(session, args, cid, value, annotations)
         raise refusal(f"{ANNOTATION} is for the containers of a Kubernetes pod ({CONTAINER_TYPE} is {kind!r})")
+    except SandboxStopped as e:
+        raise e.framed_as("restore", what, "the restoring pod sandbox was stopped") from None
     except ShimError as e:
         raise e.framed_as("restore", what, "nothing was started") from None
+
+
+class SandboxStopped(ShimError):
+    """A refusal after which the pod's restoring sandbox was ended (no pod is left half-restored)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, refused=True)
 
 
 # --- the pod's restore record -------------------------------------------------------------
@@ -214,7 +223,7 @@ def restore_container(session: Session, args: VerbArgs, cid: str, value: str, an
             why = "was restored already" if name in joined else f"is not in the checkpoint (it holds {held})"
             stop_sandbox(session, sandbox)
             drop_record(session, sandbox)
-            raise refusal(f"container {name!r} {why}; the restoring pod sandbox was stopped")
+            raise SandboxStopped(f"container {name!r} {why}")
         prepared = prepare(session, "create", args)
         code = subcontainer.create(session, prepared.cmd, prepared.bundle, prepared.args, str(record["image"]))
         if code is None:
@@ -234,9 +243,22 @@ def restore_container(session: Session, args: VerbArgs, cid: str, value: str, an
 
 
 def stop_sandbox(session: Session, sandbox: str) -> None:
-    result = session.call_runsc(["kill", sandbox, "KILL"])
-    if not result.ok:
-        session.report.warning(f"could not stop the restoring pod sandbox {sandbox[:12]}: {result.describe()}")
+    """End a sandbox that waits for containers: its process (runsc kill cannot signal a root container
+    that is only restoring); the shim then sees the pod's init exit, as for a crashed sandbox."""
+    import signal
+
+    result = session.call_runsc(["state", sandbox])
+    pid = 0
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        pid = int(json.loads(result.stdout)["pid"])
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            program = f.read(64).split(b"\0", 1)[0]
+        if pid <= 1 or program != b"runsc-sandbox":
+            raise ProcessLookupError(f"PID {pid} is not a runsc sandbox")
+        os.kill(pid, signal.SIGKILL)
+    except OSError as e:
+        session.report.warning(f"could not stop the restoring pod sandbox {sandbox[:12]}: {e}")
 
 
 def thaw(session: Session, prepared: Prepared, record: dict[str, Any], joined: dict[str, str]) -> None:

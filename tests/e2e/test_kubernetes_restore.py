@@ -204,10 +204,15 @@ def test_mismatches_are_refused_with_one_line_and_nothing_is_left_running(cri: C
     config = cri.root / "pods" / "renamed-helper.json"
     helper = {"metadata": {"name": "helper"}, "image": {"image": APP_IMAGE}, "command": SIDECAR, "log_path": "h.log"}
     config.write_text(json.dumps({**helper, "linux": {}}))
-    result = cri.crictl("create", pod.id, str(config), str(pod.config), check=False)
+    helper_id = cri.crictl("create", pod.id, str(config), str(pod.config)).stdout.strip()
+    result = cri.crictl("start", helper_id, check=False)  # CRI creates the runtime's container at StartContainer
     assert result.returncode != 0
-    assert "container 'helper' is not in the checkpoint (it holds app, sidecar)" in result.stderr, result.stderr
+    said = "container 'helper' is not in the checkpoint (it holds app, sidecar); the restoring pod sandbox was stopped"
+    assert said in result.stderr, result.stderr
     wait_for("the restoring sandbox to end", lambda: not running_ids(cri) & {pod.id, app}, 30)
+    wait_for("CRI to see the app exit", lambda: cri.container_state(app) == "CONTAINER_EXITED", 30)
+    ready = lambda: cri.crictl("pods", "--state", "ready", "--quiet").stdout.split()  # noqa: E731
+    wait_for("CRI to see the pod not ready", lambda: pod.id not in ready(), 30)
     cri.remove_pod(pod)
     assert not runsc_ids(cri) & {pod.id, app}
 
