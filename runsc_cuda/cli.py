@@ -18,6 +18,7 @@ INTERCEPTED = {
     "restore": "restore",
     "checkpoint": "checkpoint",
     "doctor": "doctor.main",
+    "gc": "gc",
 }
 
 
