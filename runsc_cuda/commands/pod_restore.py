@@ -42,9 +42,10 @@ from runsc_cuda.files import write_atomic
 from runsc_cuda.image import archive, sidecar, statefile
 from runsc_cuda.lock import container_lock
 from runsc_cuda.modifier import Prepared, prepare
-from runsc_cuda.oci import spec, subcontainer
+from runsc_cuda.oci import restoring, spec, subcontainer
 from runsc_cuda.oci.argv import VerbArgs
 from runsc_cuda.oci.runsc import child_environ
+from runsc_cuda.oci.stdio import runsc_root
 from runsc_cuda.oci.verbs import container_id
 from runsc_cuda.session import Session
 
@@ -187,8 +188,32 @@ def restore_sandbox(session: Session, args: VerbArgs, cid: str, value: str) -> i
     )
     if not record["names"]:
         drop_record(session, cid)
+    else:
+        record["pid"] = sandbox_pid(session, cid)
+        save_record(session, cid, record)
+        mark_waiting(session, cid, cid, record["pid"])
     subcontainer.answer_start(session, cid, prepared.bundle)
     return 0
+
+
+def sandbox_pid(session: Session, sandbox: str) -> int:
+    result = session.call_runsc(["state", sandbox])
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return int(json.loads(result.stdout)["pid"])
+    return 0
+
+
+def mark_waiting(session: Session, sandbox: str, cid: str, pid: int) -> None:
+    """While the pod waits for its other containers, ``kill`` of ``cid`` ends the sandbox (oci/restoring.py)."""
+    path = restoring.marker_path(session.config.state_dir, runsc_root(session.cmd), cid)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    write_atomic(path, json.dumps({"sandbox": sandbox, "container": cid, "pid": pid}), durable=False)
+
+
+def unmark_waiting(session: Session, sandbox: str, joined: dict[str, str]) -> None:
+    for cid in (sandbox, *joined.values()):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(restoring.marker_path(session.config.state_dir, runsc_root(session.cmd), cid))
 
 
 def run_restore(session: Session, argv: list[str]) -> int:
@@ -222,6 +247,7 @@ def restore_container(session: Session, args: VerbArgs, cid: str, value: str, an
             held = ", ".join(names)
             why = "was restored already" if name in joined else f"is not in the checkpoint (it holds {held})"
             stop_sandbox(session, sandbox)
+            unmark_waiting(session, sandbox, joined)
             drop_record(session, sandbox)
             raise SandboxStopped(f"container {name!r} {why}")
         prepared = prepare(session, "create", args)
@@ -234,8 +260,10 @@ def restore_container(session: Session, args: VerbArgs, cid: str, value: str, an
         record["joined"] = joined
         if set(joined) != set(names):
             save_record(session, sandbox, record)
+            mark_waiting(session, sandbox, cid, int(record.get("pid") or 0))
             session.report.info(f"{name} joined the restoring pod {sandbox[:12]}", container=cid)
             return 0
+        unmark_waiting(session, sandbox, joined)
         drop_record(session, sandbox)
         thaw(session, prepared, record, joined)
     session.report.info(f"pod {sandbox[:12]} restored: {', '.join(sorted(joined))}", container=cid)

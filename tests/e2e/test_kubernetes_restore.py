@@ -249,3 +249,19 @@ def test_migration_the_archive_restores_on_another_node_while_the_first_pod_runs
             if pod.id in second_node.pods:
                 second_node.crictl("stopp", pod.id, check=False, timeout=120)
                 second_node.crictl("rmp", "--force", pod.id, check=False, timeout=120)
+
+
+def test_a_pod_that_lacks_a_checkpointed_container_can_still_be_stopped_and_removed(
+    cri: CriStack, pods: list[Pod]
+) -> None:
+    archive, _before, origin, _app = checkpointed(cri, pods, "lacking")
+    cri.remove_pod(origin)
+    pod, made = restored_pod(cri, pods, "lacking-sidecar", str(archive), names=("app",))
+    # The sandbox waits for the sidecar, which never comes: the pod does not run, and says so on exec.
+    assert cri.exec(made["app"], "true", timeout=20).returncode != 0
+    started = time.monotonic()
+    cri.crictl("stop", "--timeout", "5", made["app"], timeout=60)
+    cri.remove_pod(pod)
+    assert time.monotonic() - started < 30
+    assert not runsc_ids(cri) & {pod.id, made["app"]}
+    assert not [p for p in (cri.state_dir / "pod-restore").rglob("*") if p.is_file()]
