@@ -110,6 +110,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="also write the table as JSON (bench/results/)")
     ns = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))
     rows: dict[str, list[float]] = {}
@@ -159,15 +160,22 @@ def main(argv: list[str]) -> int:
             )
         cri.remove_pod(pod)
     shutil.rmtree(root, ignore_errors=True)
-    print(f"pod: pause + mem ({ns.mib} MiB held by awk); image {size / 2**20:.0f} MiB; {ns.rounds} rounds; "
-          f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")  # fmt: skip
-    print("| what | median s | min s | max s |\n| --- | ---: | ---: | ---: |")
+    lines = [
+        f"pod: pause + mem ({ns.mib} MiB held by awk); image {size / 2**20:.0f} MiB; {ns.rounds} rounds; "
+        f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}",
+        "| what | median s | min s | max s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for label, values in rows.items():
-        print(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
+        lines.append(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
     base = statistics.median(rows["restore: runsc restore --detach (pause, mem)"])
     for label in ("restore: CRI, archive (cached)", "restore: CRI, image folder"):
         ratio = statistics.median(rows[label]) / base
-        print(f"{label} / runsc: {ratio:.2f}x (goal <= 1.25x: {'met' if ratio <= 1.25 else 'missed'})")
+        lines.append(f"{label} / runsc: {ratio:.2f}x (goal <= 1.25x: {'met' if ratio <= 1.25 else 'missed'})")
+    table = "\n".join(lines)
+    print(table)
+    if ns.out is not None:
+        ns.out.write_text(json.dumps({"mib": ns.mib, "rounds": ns.rounds, "rows": rows, "table": table}, indent=2))
     return 0
 
 
