@@ -40,6 +40,6 @@ def _bundle_doc(bundle: str) -> dict[str, Any] | None:
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             doc = json.load(f)
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError, RecursionError):
+        return None  # spec.read says what is wrong with it
     return doc if isinstance(doc, dict) and isinstance(doc.get("annotations", {}), dict) else None
