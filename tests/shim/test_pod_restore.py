@@ -122,3 +122,26 @@ def test_gc_removes_the_unpacked_archives(shim: Shim, tmp_path: Path) -> None:
     assert shim.run("gc", "--all").stdout.decode() == f"removed {fresh}\n"
     bad = shim.run("gc", "--everything")
     assert bad.returncode == 2 and b"unknown arguments --everything" in bad.stderr
+
+
+def test_kill_of_a_container_whose_pod_still_restores_ends_the_pod_and_its_markers(shim: Shim, tmp_path: Path) -> None:
+    from runsc_cuda.oci import restoring
+
+    state = tmp_path / "state"
+    waiting = {}
+    for cid in ("pod1", "app1"):  # the sandbox and a container that joined; PID 1 is never killed
+        path = Path(restoring.marker_path(str(state), str(shim.root), cid))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"sandbox": "pod1", "container": cid, "pid": 1}))
+        waiting[cid] = path
+    other = Path(restoring.marker_path(str(state), str(shim.root), "elsewhere"))
+    other.write_text(json.dumps({"sandbox": "pod2", "container": "elsewhere", "pid": 1}))
+    record = state / "pod-restore" / "pod1.json"
+    record.write_text("{}")
+    out = shim.run("kill", "app1", "15")
+    assert out.returncode == 0 and b"still restoring" in out.stderr
+    assert not any(p.exists() for p in waiting.values()) and not record.exists()
+    assert other.exists()  # another pod's marker stays
+    assert shim.runsc_argvs() == []
+    shim.run("kill", "app1", "9")
+    assert [shim.verb_of(a) for a in shim.runsc_argvs()] == ["kill"]  # no marker: runsc's kill as ever
