@@ -246,15 +246,20 @@ def restore_container(session: Session, args: VerbArgs, cid: str, value: str, an
         if name not in names or name in joined:
             held = ", ".join(names)
             why = "was restored already" if name in joined else f"is not in the checkpoint (it holds {held})"
-            stop_sandbox(session, sandbox)
-            unmark_waiting(session, sandbox, joined)
+            stop_sandbox(session, sandbox, int(record.get("pid") or 0))
+            # The markers stay: a kill that comes before the shim has seen the pod end (runsc would say
+            # "sandbox is not running", which the runc.v2 shim calls an unknown error) succeeds, and
+            # removes them (oci/restoring.py).
             drop_record(session, sandbox)
             raise SandboxStopped(f"container {name!r} {why}")
         prepared = prepare(session, "create", args)
         code = subcontainer.create(session, prepared.cmd, prepared.bundle, prepared.args, str(record["image"]))
         if code is None:
             raise ShimError("cannot hold the container's stdio and exit status (see the warning above)")
-        if code != 0:
+        if code != 0:  # runsc refused it (its spec differs from the saved one, ...): no half-restored pod
+            stop_sandbox(session, sandbox, int(record.get("pid") or 0))
+            drop_record(session, sandbox)  # the markers stay (see above)
+            session.report.warning(f"restore of {name} failed: the restoring pod sandbox {sandbox[:12]} was stopped")
             return code
         joined[name] = cid
         record["joined"] = joined
@@ -270,15 +275,14 @@ def restore_container(session: Session, args: VerbArgs, cid: str, value: str, an
     return 0
 
 
-def stop_sandbox(session: Session, sandbox: str) -> None:
-    """End a sandbox that waits for containers: its process (runsc kill cannot signal a root container
-    that is only restoring); the shim then sees the pod's init exit, as for a crashed sandbox."""
+def stop_sandbox(session: Session, sandbox: str, pid: int) -> None:
+    """End a sandbox that waits for containers: its process, as recorded at its restore (runsc kill cannot
+    signal a root container that is only restoring, and after a failed restore of a container runsc may
+    call the sandbox stopped while its process lives on); the shim then sees the pod's init exit."""
     import signal
 
-    result = session.call_runsc(["state", sandbox])
-    pid = 0
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        pid = int(json.loads(result.stdout)["pid"])
+    if pid <= 1:
+        pid = sandbox_pid(session, sandbox)
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             program = f.read(64).split(b"\0", 1)[0]
@@ -286,7 +290,7 @@ def stop_sandbox(session: Session, sandbox: str) -> None:
             raise ProcessLookupError(f"PID {pid} is not a runsc sandbox")
         os.kill(pid, signal.SIGKILL)
     except OSError as e:
-        session.report.warning(f"could not stop the restoring pod sandbox {sandbox[:12]}: {e}")
+        session.report.debug(f"restoring pod sandbox {sandbox[:12]} not stopped: {e}")
 
 
 def thaw(session: Session, prepared: Prepared, record: dict[str, Any], joined: dict[str, str]) -> None:

@@ -7,10 +7,12 @@ a pod that lacks a checkpointed container would hang for ever.  While a pod
 waits, pod_restore leaves a marker per container that joined (the sandbox
 included) under ``<state_dir>/pod-restore/waiting/``; ``kill`` of one of them
 ends the sandbox process instead (the holders and the shim then see every
-container of the pod exit, as for a crashed sandbox).
+container of the pod exit, as for a crashed sandbox) and succeeds, also when
+it comes again (runsc would answer "sandbox is not running", which the runc.v2
+shim calls an unknown error); ``delete`` of the container removes its marker.
 
-On the pass-through path of every ``kill``: without a marker it costs one read
-of the config file's ``state_dir`` and one ``stat``.
+On the pass-through path of every ``kill`` and ``delete``: without a marker it
+costs one read of the config file's ``state_dir`` and one ``stat``.
 """
 
 from __future__ import annotations
@@ -62,18 +64,44 @@ def end_restoring_pod(cmd: CommandLine, environ: Mapping[str, str], marker: str)
             os.kill(pid, signal.SIGKILL)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # gone already
-    folder = os.path.dirname(marker)
-    try:
+    try:  # the markers stay until each container's delete: a second kill also finds the pod gone
         with open(marker, encoding="utf-8") as f:
             sandbox = json.loads(f.read(4096)).get("sandbox")
-        for name in os.listdir(folder):
-            path = os.path.join(folder, name)
-            with open(path, encoding="utf-8") as f:
-                if json.loads(f.read(4096)).get("sandbox") == sandbox:
-                    os.unlink(path)
         if isinstance(sandbox, str) and sandbox and "/" not in sandbox:
-            os.unlink(os.path.join(os.path.dirname(folder), f"{sandbox}.json"))  # pod_restore's record
+            os.unlink(os.path.join(os.path.dirname(os.path.dirname(marker)), f"{sandbox}.json"))  # pod_restore's
     except (OSError, ValueError, AttributeError):
         pass
     sys.stderr.write("runsc-cuda: the pod was still restoring from a checkpoint: its sandbox was ended\n")
     return 0
+
+
+def forget(marker: str) -> None:
+    """``delete`` of a container that has a marker: remove it (runsc's delete follows)."""
+    try:  # noqa: SIM105 - contextlib is not imported on the pass-through path
+        os.unlink(marker)
+    except OSError:
+        pass
+
+
+def stale_markers(state_dir: str) -> list[str]:
+    """Markers whose sandbox process is gone (a pod ended while restoring and never killed): for gc."""
+    import json
+
+    folder = os.path.join(state_dir, SUBDIR)
+    stale = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                pid = int(json.loads(f.read(4096))["pid"])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                alive = pid > 1 and f.read(64).split(b"\0", 1)[0] == b"runsc-sandbox"
+        except (OSError, ValueError, KeyError, TypeError):
+            alive = False
+        if not alive:
+            stale.append(path)
+    return stale

@@ -216,6 +216,19 @@ def test_mismatches_are_refused_with_one_line_and_nothing_is_left_running(cri: C
     cri.remove_pod(pod)
     assert not runsc_ids(cri) & {pod.id, app}
 
+    # A container with the right name but another command: runsc refuses it (it compares the saved spec);
+    # the restoring sandbox is ended and the pod stops at once.
+    pod = cri.run_pod("changed", {RESTORE_FROM: str(archive)})
+    pods.append(pod)
+    app = cri.create(pod, "app", ["sh", "-c", COUNTER], {GPU_ANNOTATION: "true"})
+    cri.start_container(app)
+    changed = cri.create(pod, "sidecar", ["sleep", "1000"])
+    result = cri.crictl("start", changed, check=False)
+    assert result.returncode != 0 and "does not match across checkpoint restore" in result.stderr
+    wait_for("the restoring sandbox to end", lambda: not running_ids(cri) & {pod.id, app}, 30)
+    wait_for("CRI to see the pod not ready", lambda: pod.id not in ready(), 30)
+    cri.remove_pod(pod)
+
 
 @pytest.fixture
 def second_node() -> Iterator[CriStack]:

@@ -124,7 +124,9 @@ def test_gc_removes_the_unpacked_archives(shim: Shim, tmp_path: Path) -> None:
     assert bad.returncode == 2 and b"unknown arguments --everything" in bad.stderr
 
 
-def test_kill_of_a_container_whose_pod_still_restores_ends_the_pod_and_its_markers(shim: Shim, tmp_path: Path) -> None:
+def test_kill_of_a_container_whose_pod_still_restores_ends_the_pod_and_delete_removes_the_markers(
+    shim: Shim, tmp_path: Path
+) -> None:
     from runsc_cuda.oci import restoring
 
     state = tmp_path / "state"
@@ -140,8 +142,12 @@ def test_kill_of_a_container_whose_pod_still_restores_ends_the_pod_and_its_marke
     record.write_text("{}")
     out = shim.run("kill", "app1", "15")
     assert out.returncode == 0 and b"still restoring" in out.stderr
-    assert not any(p.exists() for p in waiting.values()) and not record.exists()
-    assert other.exists()  # another pod's marker stays
+    assert not record.exists()
+    assert shim.run("kill", "app1", "9").returncode == 0  # again: the pod is gone, not an unknown error
     assert shim.runsc_argvs() == []
+    for cid, path in waiting.items():  # delete removes each container's marker, then runsc deletes
+        shim.run("delete", "--force", cid)  # the fake runsc knows no such container: its answer is runsc's
+        assert not path.exists()
+    assert other.exists()  # another pod's marker stays
     shim.run("kill", "app1", "9")
-    assert [shim.verb_of(a) for a in shim.runsc_argvs()] == ["kill"]  # no marker: runsc's kill as ever
+    assert [shim.verb_of(a) for a in shim.runsc_argvs()] == ["delete", "delete", "kill"]  # runsc's, as ever
