@@ -18,6 +18,7 @@ INTERCEPTED = {
     "restore": "restore",
     "checkpoint": "checkpoint",
     "doctor": "doctor.main",
+    "gc": "gc",
 }
 
 
@@ -47,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     if cmd is not None and cmd.verb == "start":  # CRI sub-container: create's stdio (runsc_cuda/oci/stdio.py)
         from runsc_cuda.oci.stdio import take_create_stdio
 
-        take_create_stdio(cmd, environ)
+        if take_create_stdio(cmd, environ):
+            return 0  # restored at create (a pod restored from a checkpoint): running already
+    if cmd is not None and cmd.verb in ("kill", "delete"):  # a pod still restoring (oci/restoring.py)
+        from runsc_cuda.oci import restoring
+
+        marker = restoring.waiting(cmd, environ)
+        if marker is not None and cmd.verb == "kill":
+            return restoring.end_restoring_pod(cmd, environ, marker)
+        if marker is not None:
+            restoring.forget(marker)
     try:
         if cmd is not None and cmd.verb == "kill" and any("all" in t for t in cmd.rest):  # runc.v2 shim (oci/kill.py)
             from runsc_cuda.oci import kill

@@ -24,6 +24,7 @@ POSITIVE = (
     "lock_wait_s",
     "max_output_bytes",
     "max_parallel_cuda_calls",
+    "restore_cache_max_age_s",
 )
 
 
@@ -54,6 +55,8 @@ class Config:
     checkpoint_direct: bool = False
     restore_background: bool = True
     restore_direct: bool = True
+    restore_roots: tuple[str, ...] = ("/var/lib/runsc-cuda/checkpoints", "/var/lib/kubelet/checkpoints")
+    restore_cache_max_age_s: float = 86400.0
 
     def get(self, key: str) -> Any:
         return getattr(self, key)
@@ -111,6 +114,15 @@ DOCS: dict[str, str] = {
         "runsc restore --direct: read pages.img with O_DIRECT; dropped for images without pages.img or on "
         "filesystems without O_DIRECT."
     ),
+    "restore_roots": (
+        "Folders a pod's `dev.runsc-cuda.restore-from` annotation may name a checkpoint archive or image folder "
+        "under (absolute; a path outside them, with `..`, or through a link that leads out is refused). "
+        "Environment: folders separated by `:`. `[]` turns restore by annotation off."
+    ),
+    "restore_cache_max_age_s": (
+        "How long an unpacked checkpoint archive (in state_dir's restore-cache/) stays once unused; "
+        "`runsc-cuda gc` removes older ones."
+    ),
 }
 
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -146,6 +158,12 @@ def _coerce(key: str, value: Any, kind: str, where: str, from_env: bool) -> Any:
             except ValueError:
                 pass
         raise ShimError(f"{where}: expected a number, got {value!r}")
+    if kind == "tuple[str, ...]":
+        if from_env:
+            return tuple(p for p in value.split(":") if p)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ShimError(f"{where}: expected a list of strings, got {value!r}")
     # "str" and "str | None"
     if isinstance(value, str):
         return value
@@ -166,6 +184,9 @@ def _check(cfg: Config, label: Callable[[str], str]) -> Config:
         raise ShimError(f"{label('checkpoint_compression')}: not a compression name: {compression!r}")
     if cfg.log_level.lower() not in LOG_LEVELS:
         raise ShimError(f"{label('log_level')}: expected one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+    for root in cfg.restore_roots:
+        if not root.startswith("/") or ".." in root.split("/"):
+            raise ShimError(f"{label('restore_roots')}: not an absolute path without '..': {root!r}")
     for key in POSITIVE:
         if cfg.get(key) <= 0:
             raise ShimError(f"{label(key)}: must be greater than 0, got {cfg.get(key)!r}")

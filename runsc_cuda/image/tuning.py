@@ -197,8 +197,7 @@ def checkpoint_plan(
         names = ckpt_help.compressions or FALLBACK_COMPRESSIONS
         if comp.value not in names:
             raise refusal(
-                f"compression {comp.value!r} ({comp.source}) is not one this runsc knows "
-                f"({', '.join(names)})"
+                f"compression {comp.value!r} ({comp.source}) is not one this runsc knows ({', '.join(names)})"
             )
         compression = str(comp.value)
         sources["compression"] = comp.source

@@ -25,6 +25,8 @@ SUBDIR = "stdio"
 CONNECT_TIMEOUT_S = 5.0
 MAGIC = b"runsc-cuda-stdio/1"
 SUN_PATH_MAX = 107
+RESTORED_REPLY = b"restored"  # the holder of a container that create restored: start has nothing to do
+RESTORED = "restored"
 
 
 def key(root: str, cid: str) -> str:
@@ -60,25 +62,30 @@ def is_subcontainer(doc: Mapping[str, object]) -> bool:
 # --- start: the pass-through side --------------------------------------------------------
 
 
-def take_create_stdio(cmd: CommandLine, environ: Mapping[str, str]) -> None:
+def take_create_stdio(cmd: CommandLine, environ: Mapping[str, str]) -> bool:
     """``start ID``: if a holder keeps create's stdio for ID, make it this process's 0, 1 and 2.
+
+    True when the holder says the container was restored at create (a pod restored from
+    a checkpoint: runsc restore runs it already), so start has nothing left to do.
 
     Never raises and never blocks for long: without a holder nothing changes; with a
     holder that does not answer, 0/1/2 become /dev/null (the container runs, its
     output is lost, the runtime log says so) rather than leaving the shim waiting forever.
     """
     if not cmd.rest:
-        return
+        return False
     cid = cmd.rest[-1]
     try:
         root = runsc_root(cmd)
         path = socket_path(configured_state_dir(environ), root, cid)
         os.stat(path)
     except Exception:  # no holder (the usual case), or a config that find_runsc will report
-        return
+        return False
     problem = _receive(path, root, cid)
     if problem is None:
-        return
+        return False
+    if problem is RESTORED:
+        return True
     with _suppress():
         os.unlink(path)
     null = os.open(os.devnull, os.O_RDWR)
@@ -95,6 +102,7 @@ def take_create_stdio(cmd: CommandLine, environ: Mapping[str, str]) -> None:
             f"runsc-cuda: start {cid}: could not get create's stdio from its holder ({problem}); "
             "the container runs with /dev/null as stdio and its output is lost",
         )
+    return False
 
 
 class _suppress:
@@ -117,6 +125,8 @@ def _receive(path: str, root: str, cid: str) -> str | None:
             message, fds, _flags, _addr = socket.recv_fds(conn, 16, 3)
     except OSError as e:
         return f"{path}: {e.strerror or e}"
+    if message == RESTORED_REPLY and not fds:
+        return RESTORED
     if message != b"ok" or len(fds) != 3:
         for fd in fds:
             os.close(fd)

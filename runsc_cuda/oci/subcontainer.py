@@ -38,6 +38,7 @@ import os
 
 from runsc_cuda.oci.stdio import (
     CONNECT_TIMEOUT_S,
+    RESTORED_REPLY,
     SUN_PATH_MAX,
     _suppress,
     is_subcontainer,
@@ -59,8 +60,14 @@ POLL_S = 1.0  # how often a holder waiting for start looks for its container's b
 # --- create: the holder ----------------------------------------------------------------
 
 
-def create(session: Session, cmd: CommandLine, bundle: str, args: VerbArgs) -> int | None:
+def create(
+    session: Session, cmd: CommandLine, bundle: str, args: VerbArgs, restore_image: str | None = None
+) -> int | None:
     """``create`` of a CRI sub-container: the holder, then ``runsc create``; its exit status.
+
+    With ``restore_image`` (a pod restored from a checkpoint, commands/pod_restore.py) the
+    container is restored instead (``runsc restore --detach``, with create's stdio) and the
+    holder tells ``start`` that it runs already.
 
     ``cmd`` has the global flags for runsc (nvproxy added for GPU containers), ``args`` the
     translated create flags.
@@ -104,11 +111,35 @@ def create(session: Session, cmd: CommandLine, bundle: str, args: VerbArgs) -> i
     if holder == 0:  # pragma: no cover - the holder's own process (tested through the CLI)
         try:
             os.setsid()
-            _become_holder(session, listener, path, inode, root, cid, config_json)
+            _become_holder(session, listener, path, inode, root, cid, config_json, restore_image is not None)
         finally:
             os._exit(255)
     listener.close()
-    return _runsc_create(session, cmd, args, cid, os.path.join(session.cwd, pid_file), holder, path, inode)
+    pid_path = os.path.join(session.cwd, pid_file)
+    return _runsc_create(session, cmd, args, cid, pid_path, holder, path, inode, restore_image)
+
+
+def answer_start(session: Session, cid: str, bundle: str) -> None:
+    """A holder that only tells ``start`` of ``cid`` that it runs already (a pod's sandbox restored at
+    create), then exits; it also exits once the bundle is gone. A warning when none can be made."""
+    root = runsc_root(session.cmd)
+    path = socket_path(session.config.state_dir, root, cid)
+    try:
+        listener, inode = _listen(path)
+    except OSError as e:
+        session.report.warning(f"create {cid}: start will run runsc start on a restored sandbox ({e.strerror or e})")
+        return
+    config_json = os.path.join(bundle, "config.json")
+    holder = os.fork()
+    if holder == 0:  # pragma: no cover - the holder's own process (tested through the CLI)
+        try:
+            os.setsid()
+            if os.fork() == 0:  # not the shim's child: it would reap it as if it were the container
+                _become_holder(session, listener, path, inode, root, cid, config_json, True, wait=False)
+        finally:
+            os._exit(0)
+    listener.close()
+    os.waitpid(holder, 0)
 
 
 RUNC_SHIMS = ("containerd-shim-runc-",)  # the shims that treat the runtime as runc
@@ -162,16 +193,26 @@ def _listen(path: str) -> tuple[socket, int]:
 
 
 def _runsc_create(
-    session: Session, cmd: CommandLine, args: VerbArgs, cid: str, pid_file: str, holder: int, path: str, inode: int
+    session: Session,
+    cmd: CommandLine,
+    args: VerbArgs,
+    cid: str,
+    pid_file: str,
+    holder: int,
+    path: str,
+    inode: int,
+    restore_image: str | None = None,
 ) -> int:
-    """runsc create as a child (no --pid-file: it would name the sandbox); then the holder's PID for the shim."""
+    """runsc create (or restore) as a child (no --pid-file: it would name the sandbox); then the holder's
+    PID for the shim."""
     import signal
     import subprocess
 
     from runsc_cuda.files import write_atomic
     from runsc_cuda.oci.runsc import child_environ
 
-    argv = [session.runsc, *cmd.global_tokens(), "create", *args.without("pid-file").tokens()]
+    verb = ["create"] if restore_image is None else ["restore", "--detach", f"--image-path={restore_image}"]
+    argv = [session.runsc, *cmd.global_tokens(), *verb, *args.without("pid-file").tokens()]
     code = subprocess.run(argv, env=child_environ(session.environ), check=False).returncode
     failure = None
     if code == 0:
@@ -208,7 +249,15 @@ class _suppress_child:
 
 
 def _become_holder(
-    session: Session, listener: socket, path: str, inode: int, root: str, cid: str, config_json: str
+    session: Session,
+    listener: socket,
+    path: str,
+    inode: int,
+    root: str,
+    cid: str,
+    config_json: str,
+    restored: bool = False,
+    wait: bool = True,
 ) -> None:
     """The holder's life (a child of create, reparented to the shim); never returns."""
     import signal
@@ -232,7 +281,7 @@ def _become_holder(
     os.chdir("/")
     code = 255
     try:
-        if not _hand_over(listener, root, cid, config_json):
+        if not _hand_over(listener, root, cid, config_json, restored):
             code = 137
             report.debug("holder exits: the container's bundle is gone (deleted before start)", socket=path)
             return
@@ -242,6 +291,9 @@ def _become_holder(
         for target in (0, 1, 2):
             os.dup2(null, target)
         os.close(null)
+        if not wait:
+            code = 0
+            return
         code = _wait_exit(session, cid)
         report.debug("holder exits with the container's exit status", status=code)
     except BaseException as e:
@@ -251,8 +303,8 @@ def _become_holder(
         os._exit(code)
 
 
-def _hand_over(listener: socket, root: str, cid: str, config_json: str) -> bool:
-    """Wait for start and give it 0, 1, 2 (True), or for the bundle to go (False)."""
+def _hand_over(listener: socket, root: str, cid: str, config_json: str, restored: bool = False) -> bool:
+    """Wait for start and give it 0, 1, 2 or say it was restored (True), or for the bundle to go (False)."""
     import select
 
     while True:
@@ -260,7 +312,7 @@ def _hand_over(listener: socket, root: str, cid: str, config_json: str) -> bool:
         if ready:
             conn, _ = listener.accept()
             with conn:
-                if _answer(conn, root, cid):
+                if _answer(conn, root, cid, restored):
                     return True
         if not os.path.exists(config_json):
             return False
@@ -306,8 +358,8 @@ class _suppress_value:
         return isinstance(value, (ValueError, KeyError, TypeError))
 
 
-def _answer(conn: socket, root: str, cid: str) -> bool:
-    """Send 0, 1, 2 to a start of this container run by this user (or root)."""
+def _answer(conn: socket, root: str, cid: str, restored: bool = False) -> bool:
+    """Send 0, 1, 2 (or "restored") to a start of this container run by this user (or root)."""
     import socket
     import struct
 
@@ -325,7 +377,10 @@ def _answer(conn: socket, root: str, cid: str) -> bool:
         if uid not in (0, os.getuid()) or got != wanted:
             conn.sendall(b"no")
             return False
-        socket.send_fds(conn, [b"ok"], [0, 1, 2])
+        if restored:
+            conn.sendall(RESTORED_REPLY)
+        else:
+            socket.send_fds(conn, [b"ok"], [0, 1, 2])
         return True
     except OSError:
         return False

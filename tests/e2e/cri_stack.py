@@ -291,6 +291,11 @@ class CriStack:
         return self.root / "rc-state"
 
     @property
+    def checkpoints(self) -> Path:
+        """The node's restore root (runsc-cuda's restore_roots): archives restore-from may name."""
+        return self.root / "checkpoints"
+
+    @property
     def fake_cuda_checkpoint(self) -> Path:
         return self.bin / "cuda-checkpoint"
 
@@ -416,7 +421,7 @@ class CriStack:
         self._import_images()
 
     def _write_files(self) -> None:
-        for folder in (self.bin, self.root / "tmp", self.root / "pods", self.runsc_root.parent):
+        for folder in (self.bin, self.root / "tmp", self.root / "pods", self.runsc_root.parent, self.checkpoints):
             folder.mkdir(parents=True, exist_ok=True)
         write_exec(self.fake_cuda_checkpoint, FAKE_CUDA_CHECKPOINT)
         runsc = self.tools.runsc
@@ -432,6 +437,7 @@ class CriStack:
                     f"log_file = {json.dumps(str(self.runsc_cuda_log))}",
                     'log_level = "debug"',
                     f"state_dir = {json.dumps(str(self.state_dir))}",
+                    f"restore_roots = [{json.dumps(str(self.checkpoints))}]",
                     "",
                 ]
             )

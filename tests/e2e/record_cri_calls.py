@@ -58,16 +58,42 @@ def scenario(rec: CriRecording, cri: CriStack) -> None:
     rec.step("StartContainer: sidecar", lambda: rec.crictl("start", made["sidecar"]))
     wait_for("the app to count", lambda: cri.count(made["app"]) >= 5, 30)
     rec.step("ExecSync: cat /tmp/count in app", lambda: rec.crictl("exec", made["app"], "cat", "/tmp/count"))
-    archive = cri.root / "app-checkpoint.tar"
+    archive = cri.checkpoints / "app-checkpoint.tar"
     rec.step(
         "CheckpointContainer (kubelet's checkpoint API): app, exported",
         lambda: rec.crictl("checkpoint", f"--export={archive}", made["app"]),
     )
+    restore(rec, cri, made, archive)
     rec.step("StopContainer: sidecar (SIGTERM, 10 s)", lambda: rec.crictl("stop", "--timeout", "10", made["sidecar"]))
     rec.step("StopContainer: app (SIGKILL at once)", lambda: rec.crictl("stop", made["app"]))
     rec.step("RemoveContainer: app and sidecar", lambda: rec.crictl("rm", made["app"], made["sidecar"]))
     rec.step("StopPodSandbox", lambda: rec.crictl("stopp", made["pod"].id))
     rec.step("RemovePodSandbox", lambda: rec.crictl("rmp", made["pod"].id))
+
+
+def restore(rec: CriRecording, cri: CriStack, made: dict[str, Any], archive: Path) -> None:
+    """A second pod restored from the archive (annotation dev.runsc-cuda.restore-from), then removed."""
+    new: dict[str, Any] = {}
+
+    def run_pod() -> str:
+        new["pod"] = cri.run_pod("restored", {"dev.runsc-cuda.restore-from": str(archive)})
+        rec.ids[new["pod"].id] = "<restored-pause-id>"
+        return "crictl runp --runtime runsc-cuda restored-pod.json"
+
+    rec.step("RunPodSandbox with dev.runsc-cuda.restore-from: <root>/checkpoints/app-checkpoint.tar", run_pod)
+    for name, command, notes in (("app", ["sh", "-c", COUNTER], {GPU_ANNOTATION: "true"}), ("sidecar", SIDECAR, {})):
+        cid = cri.create(new["pod"], name, command, notes)
+        rec.ids[cid] = f"<restored-{name}-id>"
+        rec.step(f"CreateContainer + StartContainer: restored {name}", lambda c=cid: rec.crictl("start", c))
+    rec.step("ExecSync: cat /tmp/count in the restored app", lambda: rec.crictl("exec", rec_id(rec, "app"), "cat",
+                                                                                "/tmp/count"))  # fmt: skip
+    rec.step("StopPodSandbox + RemovePodSandbox: the restored pod", lambda: (
+        rec.crictl("stopp", new["pod"].id), rec.crictl("rmp", new["pod"].id))[0])  # fmt: skip
+    cri.pods.pop(new["pod"].id, None)
+
+
+def rec_id(rec: CriRecording, name: str) -> str:
+    return next(cid for cid, label in rec.ids.items() if label == f"<restored-{name}-id>")
 
 
 def main(argv: list[str]) -> int:
@@ -104,6 +130,12 @@ def main(argv: list[str]) -> int:
             "- CheckpointContainer: `pause ID`, `checkpoint --image-path <TMPDIR>/ctrd-checkpointN "
             "--work-path <containerd root>/io.containerd.grpc.v1.cri/containers/ID/ctrd-checkpoint "
             "--leave-running ID`, `resume ID`.\n"
+            "- A pod restored by annotation (`dev.runsc-cuda.restore-from`): the pause container's `create` "
+            "becomes `runsc restore --detach --image-path <restore cache>/checkpoint --bundle B --pid-file "
+            "B/init.pid ID` (the archive is unpacked once into `<state_dir>/restore-cache/`), its `start` "
+            "makes no runsc call; each container's `create` becomes `runsc restore --detach --image-path ... "
+            "--bundle B ID` (no `--pid-file`: the holder's PID), its `start` none either; after the last one "
+            "runsc-cuda thaws the CUDA processes (`runsc exec` of cuda-checkpoint in the restored app).\n"
         )
         scenario(rec, cri)
     finally:

@@ -111,7 +111,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
     config = folder / "runsc-cuda.toml"
     config.write_text(
         f"runsc = {json.dumps(runsc)}\nstate_dir = {json.dumps(str(folder / 'state'))}\n"
-        f"log_file = {json.dumps(str(folder / 'runsc-cuda.log'))}\nlog_level = \"debug\"\n"
+        f'log_file = {json.dumps(str(folder / "runsc-cuda.log"))}\nlog_level = "debug"\n'
     )
     made = Real(runsc, folder, rootfs, config)
     with sandboxes.removed_afterwards(runsc, made.root, str(folder)):  # kill, delete --force, unmount

@@ -491,8 +491,13 @@ def host_files(tmp_path: Path) -> dict[str, Path]:
     bin_dir = tmp_path / "bin"
     fakes.install(str(bin_dir))
     criu = bin_dir / "criu"
-    criu.write_text("#!/bin/sh\nexit 0\n")
+    criu.write_text("#!/bin/sh\necho 'Version: 3.17.1'\n")
     criu.chmod(0o755)
+    containerd_bin = bin_dir / "containerd"  # a Kubernetes node: containerd 2.x (commands/doctor/kubernetes.py)
+    containerd_bin.write_text("#!/bin/sh\necho 'containerd github.com/containerd/containerd/v2 v2.3.7 abc'\n")
+    containerd_bin.chmod(0o755)
+    roots = tmp_path / "checkpoints"
+    roots.mkdir(mode=0o755)
     docker = tmp_path / "daemon.json"
     docker.write_text(
         json.dumps({"runtimes": {"runsc-cuda": {"path": str(bin_dir / "runsc-cuda")}}, "experimental": True})
@@ -501,7 +506,7 @@ def host_files(tmp_path: Path) -> dict[str, Path]:
     (bin_dir / "runsc-cuda").chmod(0o755)
     containerd = tmp_path / "config.toml"
     containerd.write_text(
-        (PACKAGING / "containerd" / "config-v2.toml").read_text().replace(layout.BIN_PATH, str(bin_dir / "runsc-cuda"))
+        (PACKAGING / "containerd" / "config-v3.toml").read_text().replace(layout.BIN_PATH, str(bin_dir / "runsc-cuda"))
     )
     return {
         "bin": bin_dir,
@@ -509,6 +514,7 @@ def host_files(tmp_path: Path) -> dict[str, Path]:
         "docker": docker,
         "containerd": containerd,
         "config": tmp_path / "runsc-cuda.toml",
+        "roots": roots,
     }
 
 
@@ -518,6 +524,7 @@ def fake_environ(files: dict[str, Path], **extra: str) -> dict[str, str]:
         "RUNSC_CUDA_CONFIG": str(files["config"]),
         "RUNSC_CUDA_CUDA_CHECKPOINT": str(files["bin"] / "cuda-checkpoint"),
         "RUNSC_CUDA_STATE_DIR": str(files["config"].parent / "state"),  # not made yet: fine
+        "RUNSC_CUDA_RESTORE_ROOTS": str(files["roots"]),
     }
     files["config"].write_text("")
     if os.geteuid() != 0:  # the fake is owned by whoever runs the tests

@@ -81,6 +81,7 @@ def test_every_config_file_is_tested() -> None:
         "docker/daemon-runtimetype.json",
         "docker/daemon.json",
         "kubernetes/pod-gpu.yaml",
+        "kubernetes/pod-restore.yaml",
         "kubernetes/runtimeclass.yaml",
     ]
 
@@ -134,6 +135,18 @@ def test_kubernetes_runtime_class_and_pod_agree_with_containerd() -> None:
     assert pod["spec"]["runtimeClassName"] == runtime_class["metadata"]["name"]
     limits = [c["resources"]["limits"] for c in pod["spec"]["containers"]]
     assert any(int(lim.get("nvidia.com/gpu", 0)) >= 1 for lim in limits)
+
+
+def test_the_restore_pod_names_a_file_under_a_default_restore_root_and_keeps_the_container_name() -> None:
+    from runsc_cuda import config
+
+    pod = kubernetes_doc("pod-restore.yaml")
+    source = pod["metadata"]["annotations"]["dev.runsc-cuda.restore-from"]
+    assert any(source.startswith(root + "/") for root in config.Config().restore_roots)
+    assert pod["spec"]["runtimeClassName"] == kubernetes_doc("runtimeclass.yaml")["metadata"]["name"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == [
+        c["name"] for c in kubernetes_doc("pod-gpu.yaml")["spec"]["containers"]
+    ]
 
 
 def test_docker_runtime_names_agree_with_containerd_handler() -> None:

@@ -24,6 +24,7 @@ from runsc_cuda.commands.doctor.checks import (
 from runsc_cuda.commands.doctor.facts import Facts
 from runsc_cuda.commands.doctor.gather import gather
 from runsc_cuda.commands.doctor.integrations import check_containerd, check_criu, check_docker
+from runsc_cuda.commands.doctor.kubernetes import KubeFacts, check_kubernetes, gather_kubernetes
 from runsc_cuda.commands.doctor.render import render_json, render_text, symbols_for
 from runsc_cuda.oci.argv import CommandLine
 
@@ -31,9 +32,10 @@ INTEGRATIONS = ("docker", "containerd", "kubernetes")
 NEEDS_SESSION = False  # doctor reports what would make opening a session fail
 
 
-def checks(f: Facts, require: Sequence[str] = ()) -> list[Check]:
-    """Every check, in the order they are shown."""
+def checks(f: Facts, require: Sequence[str] = (), kube: KubeFacts | None = None) -> list[Check]:
+    """Every check, in the order they are shown (the Kubernetes node's with ``kube``)."""
     wanted = set(require)
+    node = check_kubernetes(f, kube, "kubernetes" in wanted) if kube is not None else []
     return [
         *check_config(f),
         *check_state_dir(f),
@@ -43,9 +45,8 @@ def checks(f: Facts, require: Sequence[str] = ()) -> list[Check]:
         *check_docker(f, "docker" in wanted),
         *check_containerd(f, bool(wanted & {"containerd", "kubernetes"})),
         *check_criu(f, "kubernetes" in wanted),
+        *node,
     ]
-
-
 
 
 def parse_args(args: Sequence[str]) -> argparse.Namespace:
@@ -86,7 +87,14 @@ def main(cmd: CommandLine, environ: Mapping[str, str]) -> int:
         containerd_config=ns.containerd_config,
         proc_dir=ns.proc_driver_nvidia,
     )
-    results = checks(facts, ns.require)
+    kube = None
+    if "kubernetes" in ns.require:
+        from runsc_cuda.commands.doctor.gather import _probe
+        from runsc_cuda.runner import Runner
+
+        runner = Runner(environ)
+        kube = gather_kubernetes(facts, lambda argv: _probe(runner, argv), environ.get("PATH"))
+    results = checks(facts, ns.require, kube)
     out = render_json(results) if ns.json else render_text(results, symbols_for(sys.stdout))
     sys.stdout.write(out)
     sys.stdout.flush()
