@@ -636,6 +636,9 @@ def containerd_config(stack: CriStack, binary: Path) -> str:
             '[plugins."io.containerd.grpc.v1.cri"]',
             '  stream_server_address = "127.0.0.1"',
             '  stream_server_port = "0"',
+            # The "opt" plugin's folder, else containerd makes /opt/containerd/{bin,lib} on the host.
+            '[plugins."io.containerd.internal.v1.opt"]',
+            f"  path = {q(str(stack.root / 'opt'))}",
             "",
         ]
     )
