@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from runsc_cuda import files, logs
+from runsc_cuda import detach, files, logs
 from runsc_cuda.engines import native
 from runsc_cuda.errors import ShimError, refusal
 from runsc_cuda.lock import container_lock, lock_path
@@ -147,17 +147,6 @@ def guarded(session: Session, cid: str, root: str, engine: str) -> Iterator[Guar
     guard.done()
 
 
-def _detach(keep: int) -> None:
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    limit = 65536
-    with contextlib.suppress(OSError, ValueError):
-        limit = min(limit, os.sysconf("SC_OPEN_MAX"))
-    os.closerange(3, keep)
-    os.closerange(keep + 1, limit)
-
-
 def _guardian(session: Session, path: str, token: str, r: int) -> None:
     """The detached guardian's whole life (a grandchild in its own session)."""
     import signal
@@ -170,7 +159,7 @@ def _guardian(session: Session, path: str, token: str, r: int) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # the caller's stop requests were for runsc-cuda
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        _detach(r)
+        detach.let_go(keep=r)
         said = b""
         while chunk := os.read(r, 16):
             said += chunk

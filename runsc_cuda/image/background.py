@@ -19,14 +19,13 @@ memory took to load after the container was running.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 
-from runsc_cuda import logs, words
+from runsc_cuda import detach, logs, words
 from runsc_cuda.oci.sandbox import UP, Sandbox
 from runsc_cuda.session import Session
 from runsc_cuda.signals import forwarded_to
@@ -74,13 +73,7 @@ def _detach_process() -> None:
     """Let go of everything the caller gave: stdio (containerd reads them to EOF), other fds, signals."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    limit = 65536
-    with contextlib.suppress(OSError, ValueError):
-        limit = min(limit, os.sysconf("SC_OPEN_MAX"))
-    os.closerange(3, limit)
+    detach.let_go()
 
 
 def start(session: Session, cid: str, image: str | None) -> None:
