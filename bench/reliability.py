@@ -36,7 +36,10 @@ SUITES = OrderedDict(
         ("load", ("4. Load", ("tests/reliability/test_load.py",))),
         (
             "hostile",
-            ("5. Hostile input", ("tests/reliability/test_hostile.py", "tests/reliability/test_hostile_folders.py")),
+            (
+                "5. Hostile input",
+                ("tests/reliability/test_hostile.py", "tests/reliability/test_hostile_state_folders.py"),
+            ),
         ),
     ]
 )
