@@ -284,9 +284,7 @@ def stop_sandbox(session: Session, sandbox: str, pid: int) -> None:
     if pid <= 1:
         pid = sandbox_pid(session, sandbox)
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            program = f.read(64).split(b"\0", 1)[0]
-        if pid <= 1 or program != b"runsc-sandbox":
+        if not restoring.is_runsc_sandbox(pid):
             raise ProcessLookupError(f"PID {pid} is not a runsc sandbox")
         os.kill(pid, signal.SIGKILL)
     except OSError as e:

@@ -48,6 +48,20 @@ def waiting(cmd: CommandLine, environ: Mapping[str, str]) -> str | None:
     return path
 
 
+def is_runsc_sandbox(pid: int) -> bool:
+    """Whether host PID ``pid`` is a gVisor sandbox process (runsc re-executes itself as
+    ``runsc-sandbox``): checked before a SIGKILL, so that a reused PID is never signalled.
+
+    The one place runsc-cuda reads a process's command line: a host process runsc started, never a
+    process inside a sandbox (those are known only by the PIDs ``runsc ps`` gives).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return pid > 1 and f.read(64).split(b"\0", 1)[0] == b"runsc-sandbox"
+    except OSError:
+        return False
+
+
 def end_restoring_pod(cmd: CommandLine, environ: Mapping[str, str], marker: str) -> int:
     """Kill the sandbox the marker names (a ``runsc-sandbox`` process, checked), then remove the markers."""
     import json
@@ -58,9 +72,7 @@ def end_restoring_pod(cmd: CommandLine, environ: Mapping[str, str], marker: str)
         with open(marker, encoding="utf-8") as f:
             record = json.loads(f.read(4096))
         pid = int(record["pid"])
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            program = f.read(64).split(b"\0", 1)[0]
-        if pid > 1 and program == b"runsc-sandbox":
+        if is_runsc_sandbox(pid):
             os.kill(pid, signal.SIGKILL)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # gone already
@@ -97,9 +109,7 @@ def stale_markers(state_dir: str) -> list[str]:
         path = os.path.join(folder, name)
         try:
             with open(path, encoding="utf-8") as f:
-                pid = int(json.loads(f.read(4096))["pid"])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                alive = pid > 1 and f.read(64).split(b"\0", 1)[0] == b"runsc-sandbox"
+                alive = is_runsc_sandbox(int(json.loads(f.read(4096))["pid"]))
         except (OSError, ValueError, KeyError, TypeError):
             alive = False
         if not alive:
