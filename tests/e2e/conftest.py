@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 import hygiene
+from .cri_stack import CriStack, Pod
+from .cri_stack import running as cri_running
 from .stack import IMAGE, STOP_NOTES, CallFailed, Result, Stack, Unavailable, running, wait_for
 
 # A busybox loop that counts into /tmp/count and onto stdout, and exits 42 on SIGTERM
@@ -187,3 +189,28 @@ def ctr(stack: Stack) -> Iterator[CtrContainers]:
     made = CtrContainers(stack)
     yield made
     made.remove_all()
+
+
+# --- the CRI stack (containerd 2.x + crictl), one per test module ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cri() -> Iterator[CriStack]:
+    root = Path(tempfile.mkdtemp(prefix="rck-", dir="/tmp"))  # short: unix socket paths
+    try:
+        with cri_running(root) as started:
+            yield started
+    except Unavailable as e:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"CRI stack unavailable: {e}")
+
+
+@pytest.fixture
+def pods(cri: CriStack) -> Iterator[list[Pod]]:
+    made: list[Pod] = []
+    yield made
+    for pod in made:
+        if pod.id in cri.pods:
+            cri.crictl("stopp", pod.id, check=False, timeout=120)
+            cri.crictl("rmp", "--force", pod.id, check=False, timeout=120)
+            cri.pods.pop(pod.id, None)

@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -642,6 +643,26 @@ def containerd_config(stack: CriStack, binary: Path) -> str:
             "",
         ]
     )
+
+
+# --- what the Kubernetes tests share ------------------------------------------------------------
+
+SIDECAR = ["sh", "-c", "echo sidecar up; trap 'echo sidecar bye; exit 0' TERM; while :; do sleep 1; done"]
+START_LIMIT_S = 15.0  # StartContainer hung for ever before runsc-cuda held create's stdio
+
+
+def gpu_pod(cri: CriStack, pods: list[Pod], name: str) -> tuple[Pod, str, str]:
+    """pause + app (GPU-flagged, counting) + sidecar (plain), all started; each start timed."""
+    pod = cri.run_pod(name)
+    pods.append(pod)
+    app = cri.create(pod, "app", ["sh", "-c", COUNTER], {GPU_ANNOTATION: "true"})
+    sidecar = cri.create(pod, "sidecar", SIDECAR)
+    for cid in (app, sidecar):
+        started = time.monotonic()
+        cri.start_container(cid)
+        assert time.monotonic() - started < START_LIMIT_S
+    wait_for("the app to count", lambda: cri.count(app) >= 3, 30)
+    return pod, app, sidecar
 
 
 def check_machine() -> None:

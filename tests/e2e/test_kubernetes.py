@@ -9,72 +9,28 @@ cuda-checkpoint calls it a CUDA process.
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from .cri_stack import (
-    COUNTER,
     CUDA_CHECKPOINT,
     FAKE_CUDA_CHECKPOINT,
-    GPU_ANNOTATION,
     STOP_NOTES,
     CriStack,
     Pod,
-    running,
+    gpu_pod,
 )
-from .stack import Unavailable, wait_for
+from .stack import wait_for
 
 pytestmark = pytest.mark.e2e
 
-SIDECAR = ["sh", "-c", "echo sidecar up; trap 'echo sidecar bye; exit 0' TERM; while :; do sleep 1; done"]
-START_LIMIT_S = 15.0  # StartContainer hung for ever before runsc-cuda held create's stdio
-
-
-@pytest.fixture(scope="module")
-def cri() -> Iterator[CriStack]:
-    root = Path(tempfile.mkdtemp(prefix="rck-", dir="/tmp"))  # short: unix socket paths
-    try:
-        with running(root) as started:
-            yield started
-    except Unavailable as e:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"CRI stack unavailable: {e}")
-
-
-@pytest.fixture
-def pods(cri: CriStack) -> Iterator[list[Pod]]:
-    made: list[Pod] = []
-    yield made
-    for pod in made:
-        if pod.id in cri.pods:
-            cri.crictl("stopp", pod.id, check=False, timeout=120)
-            cri.crictl("rmp", "--force", pod.id, check=False, timeout=120)
-            cri.pods.pop(pod.id, None)
 
 
 def teardown_module() -> None:
     for note in STOP_NOTES:
         print(f"CRI stack teardown: {note}")
-
-
-def gpu_pod(cri: CriStack, pods: list[Pod], name: str) -> tuple[Pod, str, str]:
-    """pause + app (GPU-flagged, counting) + sidecar (plain), all started; each start timed."""
-    pod = cri.run_pod(name)
-    pods.append(pod)
-    app = cri.create(pod, "app", ["sh", "-c", COUNTER], {GPU_ANNOTATION: "true"})
-    sidecar = cri.create(pod, "sidecar", SIDECAR)
-    for cid in (app, sidecar):
-        started = time.monotonic()
-        cri.start_container(cid)
-        assert time.monotonic() - started < START_LIMIT_S
-    wait_for("the app to count", lambda: cri.count(app) >= 3, 30)
-    return pod, app, sidecar
 
 
 def has_cuda_mount(cri: CriStack, cid: str) -> bool:

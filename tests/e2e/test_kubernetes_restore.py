@@ -21,33 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from .cri_stack import APP_IMAGE, COUNTER, GPU_ANNOTATION, CriStack, Pod, running
+from .cri_stack import APP_IMAGE, COUNTER, GPU_ANNOTATION, SIDECAR, CriStack, Pod, gpu_pod, running
 from .stack import Unavailable, wait_for
-from .test_kubernetes import SIDECAR, gpu_pod
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def cri() -> Iterator[CriStack]:
-    root = Path(tempfile.mkdtemp(prefix="rck-", dir="/tmp"))  # short: unix socket paths
-    try:
-        with running(root) as started:
-            yield started
-    except Unavailable as e:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"CRI stack unavailable: {e}")
-
-
-@pytest.fixture
-def pods(cri: CriStack) -> Iterator[list[Pod]]:
-    made: list[Pod] = []
-    yield made
-    for pod in made:
-        if pod.id in cri.pods:
-            cri.crictl("stopp", pod.id, check=False, timeout=120)
-            cri.crictl("rmp", "--force", pod.id, check=False, timeout=120)
-            cri.pods.pop(pod.id, None)
 
 
 RESTORE_FROM = "dev.runsc-cuda.restore-from"
