@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from runsc_cuda.session import Session
 
 
-
 def lock_path(state_dir: str, root: str, cid: str) -> str:
     key = hashlib.sha256(f"{os.path.realpath(root)}\0{cid}".encode()).hexdigest()[:24]
     return os.path.join(state_dir, "locks", f"{key}.lock")

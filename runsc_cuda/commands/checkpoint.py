@@ -17,7 +17,7 @@ from runsc_cuda.errors import ShimError, refusal
 from runsc_cuda.image import tuning
 from runsc_cuda.lock import session_lock
 from runsc_cuda.modifier import translated_args
-from runsc_cuda.oci import help, spec
+from runsc_cuda.oci import cri, help, spec
 from runsc_cuda.oci.argv import VerbArgs
 from runsc_cuda.oci.sandbox import ContainerState, Sandbox
 from runsc_cuda.oci.verbs import container_id
@@ -27,6 +27,13 @@ from runsc_cuda.session import Session
 def pass_through(session: Session, args: VerbArgs) -> int:
     session.become_runsc(session.cmd.with_rest(args.tokens()).tokens()[1:])
     return 0  # not reached
+
+
+EXEC_OWN_PID_NAMESPACE = (
+    "the exec engine cannot reach the CUDA processes of a pod container with a PID namespace of its own "
+    "(runsc ps lists the sandbox's PIDs, runsc exec runs in the container's); use runsc's native engine "
+    f"(gVisor {engine.NATIVE_RELEASE} or later) or share the pod's process namespace (shareProcessNamespace: true)"
+)
 
 
 def require_mount(cid: str, state: ContainerState) -> None:
@@ -71,6 +78,8 @@ def checkpoint(session: Session, args: VerbArgs, cid: str, image: str) -> int:
         state = sandbox.state()
         chosen = engine.choose(cfg.engine, help.read(session, "checkpoint").knows(engine.NATIVE_FLAG))
         require_mount(cid, state)
+        if chosen == "exec" and cri.own_pid_namespace(bundle.doc):
+            raise refusal(EXEC_OWN_PID_NAMESPACE)
         tune = tuning.for_checkpoint(session, cid, image, args, bundle.doc, gpu=True)
         target = Target(cid, tune.apply(args) if tune else args, state, image, tune)
         session.report.info(f"checkpoint of GPU container {cid}: engine {chosen}", container=cid, engine=chosen)

@@ -44,15 +44,13 @@ from runsc_cuda.lock import container_lock
 from runsc_cuda.modifier import Prepared, prepare
 from runsc_cuda.oci import restoring, spec, subcontainer
 from runsc_cuda.oci.argv import VerbArgs
+from runsc_cuda.oci.cri import CONTAINER_NAME, CONTAINER_TYPE, SANDBOX_ID
 from runsc_cuda.oci.runsc import child_environ
 from runsc_cuda.oci.stdio import runsc_root
 from runsc_cuda.oci.verbs import container_id
 from runsc_cuda.session import Session
 
 ANNOTATION = "dev.runsc-cuda.restore-from"
-CONTAINER_TYPE = "io.kubernetes.cri.container-type"
-CONTAINER_NAME = "io.kubernetes.cri.container-name"
-SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 RECORDS = "pod-restore"
 LOCK_ROOT = "pod-restore"
 MAX_RECORD = 1 << 20

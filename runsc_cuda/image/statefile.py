@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from runsc_cuda.errors import ShimError
+from runsc_cuda.oci import cri
+from runsc_cuda.oci.cri import CONTAINER_TYPE, SANDBOX
 
 STATE_FILE = "checkpoint.img"
 MAGIC = b"gVisorSF"
 MAX_METADATA = 16 << 20
-CONTAINER_NAME = "io.kubernetes.cri.container-name"
-CONTAINER_TYPE = "io.kubernetes.cri.container-type"
-SANDBOX = "sandbox"
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class PodImage:
     def sandbox_name(self) -> str | None:
         """The pod's first (pause) container's name in the image, if it has one."""
         for name, doc in self.specs.items():
-            if _annotations(doc).get(CONTAINER_TYPE) == SANDBOX:
+            if cri.annotations_of(doc).get(CONTAINER_TYPE) == SANDBOX:
                 return name
         return None
 
@@ -46,11 +45,6 @@ class PodImage:
     def container_names(self) -> list[str]:
         """The names of the containers that join the sandbox (not the pause container), sorted."""
         return sorted(name for name in self.specs if name != self.sandbox_name)
-
-
-def _annotations(doc: dict[str, Any]) -> dict[str, Any]:
-    value = doc.get("annotations")
-    return value if isinstance(value, dict) else {}
 
 
 def read(image: str) -> PodImage:

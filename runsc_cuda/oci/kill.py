@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from runsc_cuda.oci.argv import CommandLine
 
 
-
 KILL_FLAGS = VerbFlags(frozenset({"all", "h", "help"}), frozenset({"pid"}))  # runsc kill (release-20260817)
 
 

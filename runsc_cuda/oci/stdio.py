@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from runsc_cuda.oci.cri import CONTAINER as SUBCONTAINER
+from runsc_cuda.oci.cri import CONTAINER_TYPE
 from runsc_cuda.oci.runsc import configured_state_dir
 
 TYPE_CHECKING = False  # typing itself costs ~4 ms to import; mypy honours this spelling
@@ -19,8 +21,6 @@ if TYPE_CHECKING:
 
     from runsc_cuda.oci.argv import CommandLine
 
-CONTAINER_TYPE = "io.kubernetes.cri.container-type"
-SUBCONTAINER = "container"  # "sandbox" is the pod's first (pause) container: it runs with create's stdio
 SUBDIR = "stdio"
 CONNECT_TIMEOUT_S = 5.0
 MAGIC = b"runsc-cuda-stdio/1"

@@ -27,7 +27,6 @@ from .stack import wait_for
 pytestmark = pytest.mark.e2e
 
 
-
 def teardown_module() -> None:
     for note in STOP_NOTES:
         print(f"CRI stack teardown: {note}")

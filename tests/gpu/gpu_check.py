@@ -583,8 +583,7 @@ class Check:
 
     def tuning_table(self) -> None:
         print(
-            f"\n{'variant':<22} {'ckpt s':>7} {'image GiB':>9} {'restore s':>9} {'running s':>9} "
-            f"{'intact s':>8}  cache"
+            f"\n{'variant':<22} {'ckpt s':>7} {'image GiB':>9} {'restore s':>9} {'running s':>9} {'intact s':>8}  cache"
         )
         for name, p in self.results["phases"].items():
             print(

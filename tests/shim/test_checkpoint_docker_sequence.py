@@ -251,3 +251,46 @@ def test_checkpoint_works_from_any_folder_not_only_the_bundle(shim: Shim) -> Non
     out = shim.docker(bundle, "checkpoint", "--image-path", str(shim.tmp / "i"), "--leave-running", "c1", cwd="/")
     assert out.returncode == 0, out.stderr
     assert json.loads((shim.tmp / "i" / "runsc-cuda.json").read_text())["cuda_processes"]
+
+
+def as_pod_container(bundle: Path, pid_namespace: dict[str, str]) -> None:
+    """The container's spec as the CRI plugin writes a pod's app container: its type, its PID namespace
+    (written after create: the fake runsc runs it as a plain container)."""
+    doc = json.loads((bundle / "config.json").read_text())
+    doc.setdefault("annotations", {})["io.kubernetes.cri.container-type"] = "container"
+    spaces = [ns for ns in doc["linux"].get("namespaces", []) if ns["type"] != "pid"]
+    doc["linux"]["namespaces"] = [*spaces, pid_namespace]
+    (bundle / "config.json").write_text(json.dumps(doc))
+
+
+def test_exec_engine_refuses_a_pod_container_with_its_own_pid_namespace_before_anything_is_frozen(
+    shim: Shim,
+) -> None:
+    # The kubelet's default: runsc gives the container a child PID namespace, so the PIDs runsc ps lists
+    # are not the ones cuda-checkpoint sees through runsc exec (it would find no CUDA process and save
+    # them unfrozen).
+    shim.env["RUNSC_CUDA_ENGINE"] = "exec"
+    bundle = shim.gpu_container("c1", PIDS, CUDA)
+    as_pod_container(bundle, {"type": "pid"})
+    out = shim.docker(bundle, "checkpoint", "--image-path", str(shim.tmp / "i"), "--leave-running", "c1")
+    assert out.returncode != 0
+    error = shim.last_error(bundle)
+    assert "PID namespace of its own" in error and "shareProcessNamespace: true" in error, error
+    assert shim.cuda_calls("c1") == []
+    assert not any("checkpoint" in a and "--image-path" in a for a in shim.runsc_argvs())
+
+
+@pytest.mark.parametrize(
+    ("engine", "pid_namespace"),
+    [("exec", {"type": "pid", "path": "/proc/4225/ns/pid"}), ("native", {"type": "pid"})],
+    ids=["exec-shared-pid-namespace", "native-own-pid-namespace"],
+)
+def test_pod_containers_checkpoint_when_their_engine_reaches_their_processes(
+    shim: Shim, engine: str, pid_namespace: dict[str, str]
+) -> None:
+    shim.env["RUNSC_CUDA_ENGINE"] = engine
+    bundle = shim.gpu_container("c1", PIDS, CUDA)
+    as_pod_container(bundle, pid_namespace)
+    checkpoint(shim, bundle, "c1", shim.tmp / "image", True)
+    assert json.loads((shim.tmp / "image" / "runsc-cuda.json").read_text())["engine"] == engine
+    assert shim.cuda_states("c1") == {10: "running", 11: "running"}

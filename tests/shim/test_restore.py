@@ -29,10 +29,6 @@ def fake_proc(shim: Shim, driver: str, *gpus: str) -> Path:
     return folder
 
 
-
-
-
-
 @pytest.fixture(autouse=True)
 def exec_engine(shim: Shim) -> None:
     shim.env["RUNSC_CUDA_ENGINE"] = "exec"

@@ -14,11 +14,12 @@ import pytest
 
 from runsc_cuda.errors import ShimError
 from runsc_cuda.image import archive, statefile
+from runsc_cuda.oci import cri
 
 
 def state_header(names: dict[str, str], count: int | None = None) -> bytes:
     """checkpoint.img as runsc starts it: magic, length, JSON metadata (container name -> type)."""
-    specs = {n: {"annotations": {statefile.CONTAINER_TYPE: t}} for n, t in names.items()}
+    specs = {n: {"annotations": {cri.CONTAINER_TYPE: t}} for n, t in names.items()}
     meta = {"container_count": str(len(names) if count is None else count), "container_specs": json.dumps(specs)}
     raw = json.dumps(meta).encode()
     return statefile.MAGIC + len(raw).to_bytes(8, "big") + raw + b"\0" * 64
@@ -39,7 +40,7 @@ def checkpoint_tar(path: Path, extra: list[tuple[str, bytes, bytes, str]] = ()) 
         add(tar, "checkpoint/", kind=tarfile.DIRTYPE)
         add(tar, "checkpoint/checkpoint.img", state_header(POD))
         add(tar, "checkpoint/pages.img", b"p" * 4096)
-        add(tar, "spec.dump", json.dumps({"annotations": {statefile.CONTAINER_NAME: "app"}}).encode())
+        add(tar, "spec.dump", json.dumps({"annotations": {cri.CONTAINER_NAME: "app"}}).encode())
         add(tar, "rootfs-diff.tar", b"ignored")
         for name, data, kind, link in extra:
             add(tar, name, data, kind, link)
