@@ -89,6 +89,18 @@ else
 fi
 command -v criu >/dev/null || printf '%s\n' "no criu (Debian: criu): containerd refuses CRI checkpoints" \
     >>"$k8s_reason_file"
+# The kubelet (k8s.io/kubernetes, a few minutes to build on 2 cores) for tests/e2e/test_kubelet.py only:
+# when it cannot be built, only those skip (the reason goes to .cache/kubelet-unavailable).
+kubelet_reason_file=$repo/.cache/kubelet-unavailable
+rm -f "$kubelet_reason_file"
+if kubelet=$(bash "$repo/scripts/build-k8s-tools.sh" kubelet); then
+    say "kubelet: $(printf '%s' "$kubelet" | cut -f2)"
+else
+    say "kubelet e2e tests will be skipped: scripts/build-k8s-tools.sh kubelet failed (its error is above)"
+    printf '%s\n' "scripts/build-k8s-tools.sh could not build the kubelet (see the CI log)" >>"$kubelet_reason_file"
+fi
+command -v unshare >/dev/null || printf '%s\n' "no unshare (Debian: util-linux): the kubelet runs in a mount namespace of its own" \
+    >>"$kubelet_reason_file"
 
 # Debian's own runsc package (gVisor of December 2022: no --nvproxy), unpacked into a private
 # folder for tests/e2e/test_old_runsc.py, never installed over the system.  Optional: when it

@@ -150,15 +150,21 @@ class CriTools:
         )
 
 
-def build_k8s_tools(timeout: float = 1800) -> dict[str, str]:
-    """containerd 2.x, its shim, ctr and crictl (scripts/build-k8s-tools.sh, cached in .cache/k8s-tools)."""
+def build_k8s_tools(
+    *args: str,
+    names: frozenset[str] = frozenset({"containerd", "containerd-shim-runc-v2", "ctr", "crictl"}),
+    unavailable: Path = K8S_UNAVAILABLE,
+    timeout: float = 1800,
+) -> dict[str, str]:
+    """containerd 2.x, its shim, ctr and crictl, or with ``kubelet`` the kubelet
+    (scripts/build-k8s-tools.sh, cached in .cache/k8s-tools)."""
     with contextlib.suppress(OSError):
-        reason = K8S_UNAVAILABLE.read_text().strip()
+        reason = unavailable.read_text().strip()
         if reason:
             raise Unavailable(f"scripts/ci-install.sh: {'; '.join(reason.splitlines())}")
     try:
         done = subprocess.run(
-            ["bash", str(BUILD_K8S_TOOLS)],
+            ["bash", str(BUILD_K8S_TOOLS), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -170,7 +176,7 @@ def build_k8s_tools(timeout: float = 1800) -> dict[str, str]:
     if done.returncode != 0:
         raise Unavailable(f"scripts/build-k8s-tools.sh failed (exit {done.returncode}): {tail(done.stderr, 1500)}")
     tools = dict(line.split("\t", 1) for line in done.stdout.splitlines() if "\t" in line)
-    missing = {"containerd", "containerd-shim-runc-v2", "ctr", "crictl"} - set(tools)
+    missing = names - set(tools)
     if missing:
         raise Unavailable(f"scripts/build-k8s-tools.sh did not name {', '.join(sorted(missing))}")
     return tools
@@ -259,6 +265,11 @@ class CriStack:
     # runsc-cuda->runsc, as the Docker stack does for its runsc-rec runtime.
     record: bool = False
     pods: dict[str, Pod] = field(default_factory=dict)
+    # containerd's runtime for pods that name none. A kubelet without an API server cannot look up
+    # RuntimeClasses, so its pods run under the default (tests/e2e/kubelet_node.py makes it runsc-cuda).
+    default_runtime: str | None = None
+    # More restore roots for runsc-cuda than ``checkpoints`` (the kubelet's <root-dir>/checkpoints).
+    more_restore_roots: tuple[str, ...] = ()
 
     # --- layout ---------------------------------------------------------------------------
 
@@ -438,7 +449,7 @@ class CriStack:
                     f"log_file = {json.dumps(str(self.runsc_cuda_log))}",
                     'log_level = "debug"',
                     f"state_dir = {json.dumps(str(self.state_dir))}",
-                    f"restore_roots = [{json.dumps(str(self.checkpoints))}]",
+                    f"restore_roots = {json.dumps([str(self.checkpoints), *self.more_restore_roots])}",
                     "",
                 ]
             )
@@ -624,6 +635,11 @@ def containerd_config(stack: CriStack, binary: Path) -> str:
             # runsc refuses the pause container's oom_score_adj of -998 otherwise.
             "  restrict_oom_score_adj = true",
             "  enable_cdi = false",
+            *(
+                ['[plugins."io.containerd.cri.v1.runtime".containerd]', f"  default_runtime_name = {q(default)}"]
+                if (default := stack.default_runtime)
+                else []
+            ),
             '[plugins."io.containerd.cri.v1.runtime".cni]',
             f"  bin_dirs = [{q(str(stack.root / 'cni-bin'))}]",
             f"  conf_dir = {q(str(stack.root / 'cni-conf'))}",
@@ -671,11 +687,16 @@ def check_machine() -> None:
 
 
 @contextlib.contextmanager
-def running(root: Path, record: bool = False) -> Iterator[CriStack]:
+def running(
+    root: Path, record: bool = False, default_runtime: str | None = None, more_restore_roots: tuple[str, ...] = ()
+) -> Iterator[CriStack]:
     """A started CRI stack, stopped at the end whatever happens."""
     check_machine()
     tools = CriTools.find(build_runsc())
-    stack = CriStack(root, tools, runsc_cuda_program(), record=record)
+    stack = CriStack(
+        root, tools, runsc_cuda_program(), record=record, default_runtime=default_runtime,
+        more_restore_roots=more_restore_roots,
+    )  # fmt: skip
     try:
         stack.start()
         yield stack
