@@ -26,6 +26,7 @@ POSITIVE = (
     "max_parallel_cuda_calls",
     "restore_cache_max_age_s",
 )
+NON_NEGATIVE = ("pod_restore_wait_s",)  # 0: no limit
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Config:
     restore_direct: bool = True
     restore_roots: tuple[str, ...] = ("/var/lib/runsc-cuda/checkpoints", "/var/lib/kubelet/checkpoints")
     restore_cache_max_age_s: float = 86400.0
+    pod_restore_wait_s: float = 300.0
 
     def get(self, key: str) -> Any:
         return getattr(self, key)
@@ -122,6 +124,11 @@ DOCS: dict[str, str] = {
     "restore_cache_max_age_s": (
         "How long an unpacked checkpoint archive (in state_dir's restore-cache/) stays once unused; "
         "`runsc-cuda gc` removes older ones."
+    ),
+    "pod_restore_wait_s": (
+        "How long a pod restored by `dev.runsc-cuda.restore-from` waits for the next of its checkpointed "
+        "containers (the kubelet pulls each one's image first) before its sandbox is stopped and a warning "
+        "logged. 0 = wait for ever."
     ),
 }
 
@@ -190,6 +197,9 @@ def _check(cfg: Config, label: Callable[[str], str]) -> Config:
     for key in POSITIVE:
         if cfg.get(key) <= 0:
             raise ShimError(f"{label(key)}: must be greater than 0, got {cfg.get(key)!r}")
+    for key in NON_NEGATIVE:
+        if not cfg.get(key) >= 0:  # NaN too
+            raise ShimError(f"{label(key)}: must be 0 or more, got {cfg.get(key)!r}")
     return cfg
 
 

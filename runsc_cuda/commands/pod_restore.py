@@ -23,7 +23,9 @@ So:
 A refusal comes before anything runs, as one line (``cannot restore ID from
 PATH: ...``) in the runtime log, which containerd shows; a container the image
 does not hold also stops the restoring sandbox, so no pod is left half-restored.
-Never a cold start instead.
+A checkpointed container the pod never creates cannot be refused (the CRI does
+not say so): a small watcher ends the sandbox once none has joined for
+``pod_restore_wait_s`` (``commands/pod_wait.py``).  Never a cold start instead.
 """
 
 from __future__ import annotations
@@ -180,18 +182,34 @@ def restore_sandbox(session: Session, args: VerbArgs, cid: str, value: str) -> i
         if code != 0:
             drop_record(session, cid)
             return code
-    session.report.info(
-        f"pod sandbox {cid} restoring from {value}: waiting for {', '.join(record['names']) or 'no containers'}",
-        container=cid,
-    )
+    watcher = None
     if not record["names"]:
         drop_record(session, cid)
     else:
         record["pid"] = sandbox_pid(session, cid)
         save_record(session, cid, record)
         mark_waiting(session, cid, cid, record["pid"])
+        watcher = watch(session, cid, record["pid"])
+    session.report.info(
+        f"pod sandbox {cid} restoring from {value}: waiting for {', '.join(record['names']) or 'no containers'}",
+        container=cid,
+        watcher=watcher,
+    )
     subcontainer.answer_start(session, cid, prepared.bundle)
     return 0
+
+
+def watch(session: Session, sandbox: str, pid: int) -> int | None:
+    """The watcher that ends the sandbox if a container stays missing for pod_restore_wait_s (commands/pod_wait.py):
+    its PID, or None (the wait is for ever, or the sandbox's PID is unknown)."""
+    from runsc_cuda.commands import pod_wait
+
+    if session.config.pod_restore_wait_s <= 0:
+        return None
+    if pid <= 1:
+        session.report.warning(f"pod sandbox {sandbox[:12]}: its PID is unknown; it waits for its containers for ever")
+        return None
+    return pod_wait.start(session, sandbox, pid)
 
 
 def sandbox_pid(session: Session, sandbox: str) -> int:

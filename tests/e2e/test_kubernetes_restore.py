@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,15 @@ def restored_pod(
 
 def runsc_ids(cri: CriStack) -> set[str]:
     return set(cri.runsc("list", "--quiet").stdout.split())
+
+
+def alive(pid: int) -> bool:
+    """Whether host PID ``pid`` runs (a zombie has no command line)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return bool(f.read(1))
+    except OSError:
+        return False
 
 
 def running_ids(cri: CriStack) -> set[str]:
@@ -254,4 +264,30 @@ def test_a_pod_that_lacks_a_checkpointed_container_can_still_be_stopped_and_remo
     cri.remove_pod(pod)
     assert time.monotonic() - started < 30
     assert not runsc_ids(cri) & {pod.id, made["app"]}
+    assert not [p for p in (cri.state_dir / "pod-restore").rglob("*") if p.is_file()]
+    watchers = [r["watcher"] for r in cri.runsc_cuda_records() if f"pod sandbox {pod.id} restoring" in r.get("msg", "")]
+    assert len(watchers) == 1 and isinstance(watchers[0], int)  # pod_restore_wait_s: 300 s by default
+    wait_for("the stopped pod's restore watcher to exit", lambda: not alive(watchers[0]), 10)
+
+    # Left alone, a pod that lacks a container is ended after pod_restore_wait_s (set here in the node's config
+    # file, which each runsc-cuda call reads: the watcher keeps the value it started with).
+    config = cri.runsc_cuda_config
+    original = config.read_text()
+    config.write_text(original + "pod_restore_wait_s = 5\n")
+    try:
+        late, made = restored_pod(cri, pods, "lacking-late", str(archive), names=("app",))
+    finally:
+        config.write_text(original)
+    said = f"restore of pod {late.id[:12]} from {archive}: the pod did not create sidecar within 5s"
+
+    def warned() -> list[dict[str, Any]]:
+        return [r for r in cri.runsc_cuda_records() if said in r.get("msg", "")]
+
+    wait_for("the lacking pod's sandbox to be ended", lambda: bool(warned()), 60)
+    assert [r["level"] for r in warned()] == ["WARNING"], warned()
+    assert not (cri.state_dir / "pod-restore" / f"{late.id}.json").exists()
+    started = time.monotonic()
+    cri.remove_pod(late)
+    assert time.monotonic() - started < 30
+    assert not runsc_ids(cri) & {late.id, made["app"]}
     assert not [p for p in (cri.state_dir / "pod-restore").rglob("*") if p.is_file()]

@@ -59,6 +59,13 @@ opens pages.img with O_DIRECT as runsc does (EINVAL where the filesystem has
 none).  ``restore --background`` of a compressed image is accepted and has no
 effect, as in runsc (there is no pages file to load in the background).
 
+A pod image (``checkpoint.img`` with runsc's ``gVisorSF`` state-file header, as
+commands/pod_restore.py reads it) restores as a pod: ``restore`` of the pod's
+sandbox (``io.kubernetes.cri.container-type: sandbox``) starts a stand-in
+sandbox process (argv[0] ``runsc-sandbox``, naming ``--root``; it sleeps) whose
+PID ``state`` reports, and ``kill`` (KILL/TERM/INT) and ``delete`` end it;
+``restore`` of a container of the pod only marks it running.
+
 Every call is appended to ``<root>/calls.jsonl``: argv, stdin (for ``-`` reads),
 the open file descriptors, and the exit status.
 """
@@ -250,6 +257,8 @@ COMPRESSIONS = {"none", "flate-best-speed"}
 PIDS_ANNOTATION = "test.fake-runsc/pids"
 CUDA_PIDS_ANNOTATION = "test.fake-runsc/cuda-pids"
 IMAGE_FILE = "checkpoint.img"
+POD_IMAGE_MAGIC = b"gVisorSF"  # runsc's state-file header: a pod image (image/statefile.py)
+STAND_IN_SECONDS = 600  # a stand-in sandbox process ends by itself after this long at the latest
 PAGES_META_FILE = "pages_meta.img"
 PAGES_FILE = "pages.img"
 # runsc's own help lines for the flags runsc-cuda reads more than the name of.
@@ -741,6 +750,7 @@ class Fake:
         if sig.upper().lstrip("SIG") in ("9", "15", "KILL", "TERM", "2", "INT"):
             state["status"] = "stopped"
             state["exit_status"] = 128 + (9 if sig.upper().lstrip("SIG") in ("9", "KILL") else 15)
+            self.end_stand_in(state)
         self.save(state)
         return 0
 
@@ -749,6 +759,7 @@ class Fake:
         state = self.load(cid)
         if state["status"] not in ("created", "stopped") and not truthy(flags, "force"):
             raise Fatal(f'cannot delete container "{cid}" in state {state["status"]}')
+        self.end_stand_in(state)
         folder = self.cdir(cid)
         for name in os.listdir(folder):
             os.unlink(os.path.join(folder, name))
@@ -988,8 +999,11 @@ class Fake:
         if not image:
             raise Fatal("image-path flag must be provided")
         try:
-            with open(os.path.join(image, IMAGE_FILE)) as f:
-                snapshot = json.load(f)
+            with open(os.path.join(image, IMAGE_FILE), "rb") as f:
+                raw = f.read()
+            if raw.startswith(POD_IMAGE_MAGIC):
+                return self.pod_restore(cid, flags, image)
+            snapshot = json.loads(raw)
         except (OSError, ValueError) as e:
             raise Fatal(f"restoring container: reading image: {e}") from None
         # --background needs a pages file; without one (compressed image) it has no effect.
@@ -1019,6 +1033,40 @@ class Fake:
         if truthy(flags, "detach"):
             return 0
         return self.wait_stopped(cid)
+
+    def pod_restore(self, cid: str, flags: dict[str, str], image: str) -> int:
+        """A container of a pod image: the sandbox gets a stand-in process; the others only run."""
+        import subprocess
+
+        if os.path.exists(os.path.join(self.cdir(cid), "state.json")):
+            raise Fatal(f'creating container: container with id "{cid}" already exists')
+        bundle = os.path.abspath(flags.get("bundle") or os.getcwd())
+        state = self.new_state(cid, bundle, self.read_spec(bundle), "running")
+        state["restored_from"] = image
+        if state["annotations"].get("io.kubernetes.cri.container-type") == "sandbox":
+            stand_in = subprocess.Popen(
+                ["runsc-sandbox", "-c", f"import time; time.sleep({STAND_IN_SECONDS})", f"--root={self.root}", cid],
+                executable=sys.executable,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            state["pid"] = state["stand_in"] = stand_in.pid
+        self.save(state)
+        self.save_cuda(cid, {})
+        self.write_pid_file(flags, state)
+        return 0
+
+    def end_stand_in(self, state: dict[str, Any]) -> None:
+        """SIGKILL a pod sandbox's stand-in process, if it is still the one this fake started."""
+        pid = state.get("stand_in")
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if pid and f.read().startswith(b"runsc-sandbox\0"):
+                    os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
     def background_load(self) -> dict[str, Any]:
         """What the sandbox's background page loading will do after restore returns."""

@@ -1,19 +1,27 @@
 """Restore by annotation through the CLI (commands/pod_restore.py, commands/gc.py, oci/stdio.py), over the fake runsc:
 refusals change nothing and call no runsc, pods without the annotation are untouched, start of a container
-restored at create does nothing, and gc empties the archive cache."""
+restored at create does nothing, gc empties the archive cache, and a restoring pod's watcher ends a pod that lacks
+a checkpointed container after pod_restore_wait_s and nothing else."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from runsc_cuda.image import statefile
 from runsc_cuda.oci import stdio, subcontainer
 
-from support import Shim, fixture_spec
+from support import Shim, fixture_spec, wait_for
 
 POD_ANNOTATIONS = {
     "io.kubernetes.cri.container-type": "sandbox",
@@ -151,3 +159,147 @@ def test_kill_of_a_container_whose_pod_still_restores_ends_the_pod_and_delete_re
     assert other.exists()  # another pod's marker stays
     shim.run("kill", "app1", "9")
     assert [shim.verb_of(a) for a in shim.runsc_argvs()] == ["delete", "delete", "kill"]  # runsc's, as ever
+
+
+# --- a whole pod restore over the fake runsc (pod image; stand-in sandbox process): the restore watcher ---
+
+
+POD_IMAGE = {"__no_name_0": "sandbox", "app": "container", "sidecar": "container"}
+
+
+@dataclass
+class Pod:
+    shim: Shim
+    value: str
+    state: Path
+    bundles: dict[str, Path] = field(default_factory=dict)
+
+    def create(self, cid: str, kind: str, name: str = "") -> tuple[int, str]:
+        annotations = {
+            "io.kubernetes.cri.container-type": kind,
+            "io.kubernetes.cri.sandbox-id": "pod1",
+            "dev.runsc-cuda.restore-from": self.value,
+        }
+        if name:
+            annotations["io.kubernetes.cri.container-name"] = name
+        bundle, _raw = self.bundles[cid], _raw = cri_bundle(self.shim, cid, annotations)
+        with open(bundle / "create.out", "w+b") as out:  # not a pipe: the holders keep create's stdio (by design)
+            done = subprocess.run(
+                [*self.shim.command, "--root", str(self.shim.root), "--log", str(bundle / "log.json"), "--log-format",
+                 "json", "create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"), cid],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self.shim.env, timeout=60, check=False,
+            )  # fmt: skip
+            out.seek(0)
+            return done.returncode, out.read().decode()
+
+    def restore_sandbox(self) -> int | None:
+        """The pause container's create; the watcher's PID (None: none was started)."""
+        code, err = self.create("pod1", "sandbox")
+        assert code == 0, err
+        lines = [e for e in logged(self.shim) if str(e.get("msg", "")).startswith("pod sandbox pod1 restoring")]
+        assert len(lines) == 1, lines
+        return lines[0]["watcher"]
+
+    @property
+    def record(self) -> Path:
+        return self.state / "pod-restore" / "pod1.json"
+
+    def sandbox_pid(self) -> int:
+        return int(json.loads((self.shim.root / "pod1" / "state.json").read_text())["pid"])
+
+    def warnings(self) -> list[str]:
+        return [e["msg"] for e in self.shim.log_entries(self.bundles["pod1"]) if e.get("level") == "warning"]
+
+
+def logged(shim: Shim) -> list[dict[str, object]]:
+    path = Path(shim.env["RUNSC_CUDA_LOG_FILE"])
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def lets_go(shim: Shim, pid: int) -> bool:
+    """Whether the process's stdio is /dev/null and it holds no other file but runsc-cuda's detailed log (the
+    shim waits for create's stdio to close)."""
+    fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    stdio_null = all(fds.get(fd) == os.devnull for fd in (0, 1, 2))
+    return stdio_null and set(fds.values()) <= {os.devnull, shim.env["RUNSC_CUDA_LOG_FILE"]}
+
+
+def running(pid: int) -> bool:
+    """Whether PID ``pid`` runs (a zombie has no command line)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pod(shim: Shim, tmp_path: Path) -> Iterator[Pod]:
+    """A pod image under the restore roots, and a state_dir short enough for the holders' sockets."""
+    image = tmp_path / "checkpoints" / "pod"
+    image.mkdir(parents=True)
+    specs = {n: {"annotations": {"io.kubernetes.cri.container-type": t}} for n, t in POD_IMAGE.items()}
+    meta = json.dumps({"container_count": str(len(specs)), "container_specs": json.dumps(specs)}).encode()
+    (image / "checkpoint.img").write_bytes(statefile.MAGIC + len(meta).to_bytes(8, "big") + meta)
+    state = Path(tempfile.mkdtemp(prefix="rcw-", dir="/tmp"))
+    shim.env.update(
+        RUNSC_CUDA_STATE_DIR=str(state),
+        RUNSC_CUDA_RESTORE_ROOTS=str(tmp_path / "checkpoints"),
+        RUNSC_CUDA_LOG_FILE=str(tmp_path / "runsc-cuda.log"),
+    )
+    made = Pod(shim, str(image), state)
+    try:
+        yield made
+    finally:
+        for cid, bundle in made.bundles.items():  # the stand-in sandbox ends; holders exit once the bundle goes
+            shim.run("delete", "--force", cid)
+            (bundle / "config.json").unlink(missing_ok=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_pod_that_lacks_a_checkpointed_container_is_ended_after_the_wait(shim: Shim, pod: Pod) -> None:
+    shim.env["RUNSC_CUDA_POD_RESTORE_WAIT_S"] = "1"
+    watcher = pod.restore_sandbox()
+    sandbox = pod.sandbox_pid()
+    assert isinstance(watcher, int) and running(sandbox)
+    wait_for(lambda: not running(watcher), timeout=30)
+    assert not running(sandbox) and not pod.record.exists()
+    assert pod.warnings() == [
+        f"runsc-cuda: restore of pod pod1 from {pod.value}: the pod did not create app, sidecar within 1s "
+        "(the checkpoint holds app, sidecar); the restoring pod sandbox was stopped"
+    ]
+    assert [e["level"] for e in logged(shim) if "did not create" in str(e["msg"])] == ["WARNING"]
+    code, err = pod.create("app1", "container", "app")  # too late: refused, nothing started
+    assert code != 0 and "pod sandbox pod1 was not restored from it" in err
+    out = shim.run("kill", "pod1", "9")  # the markers stay, as after a refusal: the shim's kill succeeds
+    assert out.returncode == 0 and b"still restoring" in out.stderr
+
+
+def test_a_pod_whose_containers_all_join_leaves_no_watcher(shim: Shim, pod: Pod) -> None:
+    shim.env["RUNSC_CUDA_POD_RESTORE_WAIT_S"] = "60"
+    watcher = pod.restore_sandbox()
+    assert isinstance(watcher, int) and running(watcher) and lets_go(shim, watcher)
+    for cid, name in (("app1", "app"), ("side1", "sidecar")):
+        code, err = pod.create(cid, "container", name)
+        assert code == 0, err
+    assert not pod.record.exists()
+    wait_for(lambda: not running(watcher), timeout=10)
+    assert running(pod.sandbox_pid())  # the pod runs
+    assert pod.warnings() == []
+
+
+def test_without_a_wait_no_watcher_starts(shim: Shim, pod: Pod) -> None:
+    shim.env["RUNSC_CUDA_POD_RESTORE_WAIT_S"] = "0"
+    assert pod.restore_sandbox() is None
+    assert pod.record.exists() and running(pod.sandbox_pid())
+
+
+def test_a_pod_stopped_while_it_restores_ends_its_watcher(shim: Shim, pod: Pod) -> None:
+    shim.env["RUNSC_CUDA_POD_RESTORE_WAIT_S"] = "60"
+    watcher = pod.restore_sandbox()
+    assert isinstance(watcher, int) and running(watcher)
+    sandbox = pod.sandbox_pid()
+    out = shim.run("kill", "pod1", "9")  # the kubelet's stop: oci/restoring.py ends the sandbox, drops the record
+    assert out.returncode == 0 and b"still restoring" in out.stderr
+    wait_for(lambda: not running(watcher), timeout=10)
+    assert not running(sandbox) and not pod.record.exists()
+    assert pod.warnings() == []

@@ -133,3 +133,13 @@ def _line_value(line: str) -> object:
 def test_invalid_values_fail_with_the_key_named() -> None:
     with pytest.raises(ShimError, match="config file c: sequential: expected true or false"):
         config.parse_text("sequential = 1", "c")
+
+
+def test_pod_restore_wait_takes_zero_for_ever_and_refuses_negative_numbers() -> None:
+    base = {"RUNSC_CUDA_CONFIG": "/dev/null"}
+    assert config.load(base).pod_restore_wait_s == 300.0
+    assert config.load({**base, "RUNSC_CUDA_POD_RESTORE_WAIT_S": "0"}).pod_restore_wait_s == 0.0
+    assert config.parse_text("pod_restore_wait_s = 1", "c").pod_restore_wait_s == 1.0
+    for bad in ("-1", "nan"):
+        with pytest.raises(ShimError, match="RUNSC_CUDA_POD_RESTORE_WAIT_S: must be 0 or more"):
+            config.load({**base, "RUNSC_CUDA_POD_RESTORE_WAIT_S": bad})

@@ -1,0 +1,160 @@
+"""A restoring pod that lacks one of its checkpoint's containers: its sandbox is ended after ``pod_restore_wait_s``.
+
+The CRI tells the runtime only about the containers it creates, so a pod that
+lacks one the checkpoint holds never says so, and gVisor's restoring sandbox
+waits for it for ever (the pod looks Running; nothing runs).  Once the sandbox
+restores and its record is saved (commands/pod_restore.py), ``restore_sandbox``
+forks this small detached watcher.  Twice a second it looks at the record (a
+``stat``) and at the sandbox process, and exits as soon as either is gone: the
+last container joined, the pod was stopped (oci/restoring.py) or refused.  When
+``pod_restore_wait_s`` has passed since the record was last written (the
+sandbox's restore, or the last container that joined), it takes the pod's lock,
+reads the record again and, if containers are still missing, ends the sandbox
+as a refusal does (``stop_sandbox``; the markers stay for kill and delete),
+drops the record and logs one warning.
+
+``decide`` is the decision, pure; the rest is the process, its files and its clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from runsc_cuda import detach, logs
+from runsc_cuda.commands import pod_restore
+from runsc_cuda.lock import container_lock
+from runsc_cuda.oci import restoring
+from runsc_cuda.session import Session
+
+POLL_S = 0.5
+WAIT, STOP, DONE = "wait", "stop", "done"
+
+
+def missing(record: Mapping[str, Any]) -> list[str]:
+    """The checkpoint's containers that have not joined the pod yet, sorted."""
+    names, joined = record.get("names") or [], record.get("joined") or {}
+    return sorted(str(n) for n in names if n not in joined)
+
+
+def decide(record: Mapping[str, Any] | None, since: float, now: float, wait_s: float) -> tuple[str, list[str]]:
+    """What the watcher does now, and the missing containers: DONE when no pod waits (no record, or none
+    missing), STOP once ``wait_s`` has passed since ``since`` (the record's last write), else WAIT.
+    ``wait_s`` 0 never stops."""
+    if record is None:
+        return DONE, []
+    lacking = missing(record)
+    if not lacking:
+        return DONE, []
+    if wait_s <= 0 or now - since < wait_s:
+        return WAIT, lacking
+    return STOP, lacking
+
+
+def message(sandbox: str, record: Mapping[str, Any], lacking: list[str], wait_s: float) -> str:
+    held = ", ".join(str(n) for n in record.get("names") or [])
+    return (
+        f"restore of pod {sandbox[:12]} from {str(record.get('from', ''))[:200]}: the pod did not create "
+        f"{', '.join(lacking)} within {wait_s:g}s (the checkpoint holds {held}); the restoring pod sandbox was stopped"
+    )
+
+
+# --- the watcher process --------------------------------------------------------------------
+
+
+def start(session: Session, sandbox: str, pid: int) -> int | None:
+    """Fork the detached watcher of a restoring pod whose sandbox process is ``pid``; its PID, or None
+    (a warning says why)."""
+    r, w = os.pipe()
+    try:
+        child = os.fork()
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        session.report.warning(f"pod sandbox {sandbox[:12]}: cannot start its restore watcher: {e.strerror}")
+        return None
+    if child == 0:
+        os.close(r)
+        _watcher(session, sandbox, pid, w)  # never returns
+    os.close(w)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(child, 0)
+    with os.fdopen(r, "rb") as f:
+        said = f.read(32)
+    return int(said) if said.isdigit() else None
+
+
+def _watcher(session: Session, sandbox: str, pid: int, w: int) -> None:
+    """The watcher's whole life (a grandchild in its own session, holding none of the caller's files)."""
+    import signal
+
+    from runsc_cuda.runner import Runner
+    from runsc_cuda.signals import StopFlag
+
+    code = 0
+    try:
+        os.setsid()
+        watcher = os.fork()
+        if watcher:
+            os.write(w, str(watcher).encode())
+            os._exit(0)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        detach.let_go()  # the shim waits for create's stdio to close
+        cfg = session.config
+        session.report.logger = logs.detail_logger(cfg.log_file, cfg.log_level)
+        session.report.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as this process
+        session.report.context = {"verb": "pod restore watcher", "container": sandbox}
+        session.runner = Runner(session.runner.environ, cfg.max_output_bytes)
+        session.stop = StopFlag()
+        watch(session, sandbox, pid)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _written(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def _ours(record: dict[str, Any] | None, pid: int) -> dict[str, Any] | None:
+    """The record, if it is still the one of this sandbox process's restore."""
+    return record if record is not None and record.get("pid") == pid else None
+
+
+def watch(
+    session: Session,
+    sandbox: str,
+    pid: int,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Until the pod needs no watching (DONE) or was ended (STOP); the record is read only when it changed."""
+    cfg = session.config
+    path = pod_restore.record_path(session, sandbox)
+    seen: tuple[float, dict[str, Any] | None] | None = None
+    while True:
+        since = _written(path)  # the clock of the record's writes: wall time
+        if since is None or not restoring.is_runsc_sandbox(pid):
+            return DONE
+        if seen is None or seen[0] != since:
+            seen = (since, _ours(pod_restore.load_record(session, sandbox), pid))
+        verdict, _ = decide(seen[1], since, clock(), cfg.pod_restore_wait_s)
+        if verdict == STOP:
+            with container_lock(cfg.state_dir, pod_restore.LOCK_ROOT, sandbox, cfg.lock_wait_s):
+                record = _ours(pod_restore.load_record(session, sandbox), pid)
+                verdict, lacking = decide(record, _written(path) or since, clock(), cfg.pod_restore_wait_s)
+                if verdict == STOP and record is not None:
+                    pod_restore.stop_sandbox(session, sandbox, pid)
+                    pod_restore.drop_record(session, sandbox)  # the markers stay (restore_container says why)
+                    session.report.warning(message(sandbox, record, lacking, cfg.pod_restore_wait_s))
+        if verdict in (DONE, STOP):
+            return verdict
+        sleep(POLL_S)
