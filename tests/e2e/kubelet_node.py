@@ -179,13 +179,16 @@ class KubeletNode:
         temporary.rename(path)
 
     def remove_pod(self, name: str, check: bool = True) -> None:
-        """Delete the manifest; the kubelet stops and removes the pod (waited for)."""
+        """Delete the manifest; the kubelet stops the pod (waited for). Its stopped sandbox is then
+        removed as the kubelet's garbage collection would (it runs once a minute)."""
         (self.manifests / f"{name}.json").unlink(missing_ok=True)
         try:
-            wait_for(f"the kubelet to remove {name}", lambda: not self.pod_ids(name), 120, 0.5)
+            wait_for(f"the kubelet to stop {name}", lambda: not self.pod_ids(name, ready=True), 120, 0.5)
         except TimeoutError:
             if check:
                 raise
+        for pod_id in self.pod_ids(name):
+            self.cri.crictl("rmp", pod_id, check=check, timeout=120)
 
     def pod_ids(self, name: str, ready: bool = False) -> list[str]:
         args = ["pods", "--quiet", "--name", f"^{name}-{NODE}$"] + (["--state", "ready"] if ready else [])
