@@ -50,6 +50,7 @@ from runsc_cuda.oci.cri import CONTAINER_NAME, CONTAINER_TYPE, SANDBOX_ID
 from runsc_cuda.oci.runsc import child_environ
 from runsc_cuda.oci.stdio import runsc_root
 from runsc_cuda.oci.verbs import container_id
+from runsc_cuda.runner import wait_exit
 from runsc_cuda.session import Session
 
 ANNOTATION = "dev.runsc-cuda.restore-from"
@@ -238,10 +239,12 @@ def run_restore(session: Session, argv: list[str]) -> int:
         raise refusal(f"{why} before runsc started")
     limit = session.config.checkpoint_timeout_s
     session.report.debug("runsc call", argv=argv)
-    try:
-        code = subprocess.run(argv, env=child_environ(session.environ), timeout=limit, check=False).returncode
-    except subprocess.TimeoutExpired:
-        raise ShimError(f"runsc restore did not finish in {limit:g}s") from None
+    with subprocess.Popen(argv, env=child_environ(session.environ)) as proc:
+        if not wait_exit(proc, limit):
+            proc.kill()
+            proc.wait()
+            raise ShimError(f"runsc restore did not finish in {limit:g}s")
+    code = proc.returncode
     return code if code >= 0 else 128 - code
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runsc_cuda.runner import Runner
+from runsc_cuda.runner import Runner, wait_exit
 
 PY = sys.executable
 
@@ -84,3 +84,35 @@ def test_pipes_of_an_abandoned_program_outlive_runsc_cuda(tmp_path: Path) -> Non
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists() and marker.read_text() == "finished"
+
+
+def test_wait_exit_reaps_an_exited_program_and_gives_up_on_a_running_one() -> None:
+    done = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    assert wait_exit(done, 30)
+    assert done.returncode == 3  # reaped: its status is known
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not wait_exit(sleeper, 0.1)
+        assert sleeper.returncode is None  # still running, left as it was
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert wait_exit(sleeper, 0)  # already reaped: nothing to wait for
+
+
+def test_wait_exit_falls_back_to_popen_polling_without_pidfds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    def no_pidfd(pid: int) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert wait_exit(done, 30) and done.returncode == 0
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not wait_exit(sleeper, 0.1)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
