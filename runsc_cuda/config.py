@@ -128,7 +128,7 @@ DOCS: dict[str, str] = {
     "pod_restore_wait_s": (
         "How long a pod restored by `dev.runsc-cuda.restore-from` waits for the next of its checkpointed "
         "containers (the kubelet pulls each one's image first) before its sandbox is stopped and a warning "
-        "logged. 0 = wait for ever."
+        "logged; the pod's next sandbox is then refused at once. 0 = wait for ever."
     ),
 }
 

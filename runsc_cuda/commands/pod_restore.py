@@ -46,7 +46,7 @@ from runsc_cuda.lock import container_lock
 from runsc_cuda.modifier import Prepared, prepare
 from runsc_cuda.oci import restoring, spec, subcontainer
 from runsc_cuda.oci.argv import VerbArgs
-from runsc_cuda.oci.cri import CONTAINER_NAME, CONTAINER_TYPE, SANDBOX_ID
+from runsc_cuda.oci.cri import CONTAINER_NAME, CONTAINER_TYPE, SANDBOX_ID, SANDBOX_UID
 from runsc_cuda.oci.runsc import child_environ
 from runsc_cuda.oci.stdio import runsc_root
 from runsc_cuda.oci.verbs import container_id
@@ -76,7 +76,7 @@ def handle(session: Session, args: VerbArgs, doc: dict[str, Any], value: str) ->
     what = f"{cid} from {value[:200]!r}"
     try:
         if kind == "sandbox":
-            return restore_sandbox(session, args, cid, value)
+            return restore_sandbox(session, args, cid, value, annotations.get(SANDBOX_UID))
         if kind == "container":
             return restore_container(session, args, cid, value, annotations)
         raise refusal(f"{ANNOTATION} is for the containers of a Kubernetes pod ({CONTAINER_TYPE} is {kind!r})")
@@ -166,8 +166,16 @@ def check_image(session: Session, value: str) -> tuple[archive.Source, statefile
     return source, pod, record
 
 
-def restore_sandbox(session: Session, args: VerbArgs, cid: str, value: str) -> int:
+def restore_sandbox(session: Session, args: VerbArgs, cid: str, value: str, uid: object = None) -> int:
+    from runsc_cuda.commands import pod_wait
+
+    pod_uid = pod_wait.safe_uid(uid)
+    if pod_uid is not None:
+        ended = pod_wait.remembered(session.config.state_dir, pod_uid, value)
+        if ended is not None:  # the kubelet's new sandbox for a pod that lacked a container
+            raise refusal(ended)
     _source, _pod, record = check_image(session, value)
+    record["uid"] = pod_uid
     prepared = prepare(session, "create", args)
     with container_lock(session.config.state_dir, LOCK_ROOT, cid, session.config.lock_wait_s):
         save_record(session, cid, record)

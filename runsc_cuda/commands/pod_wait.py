@@ -19,6 +19,7 @@ drops the record and logs one warning.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -60,6 +61,73 @@ def message(sandbox: str, record: Mapping[str, Any], lacking: list[str], wait_s:
         f"restore of pod {sandbox[:12]} from {str(record.get('from', ''))[:200]}: the pod did not create "
         f"{', '.join(lacking)} within {wait_s:g}s (the checkpoint holds {held}); the restoring pod sandbox was stopped"
     )
+
+
+# --- what a pod that was ended this way leaves behind ---------------------------------------
+#
+# The kubelet makes a new sandbox for a pod whose sandbox ended, with the same containers (a
+# pod's containers cannot change): restored again, it would wait again.  So the end is
+# remembered by the pod's UID, and its next sandbox is refused at once, with the reason, in
+# RunPodSandbox's error (the pod's events).  A new pod (another UID) gets a new try.
+
+REFUSED = "refused"  # <state_dir>/pod-restore/refused/<pod uid>.json
+MAX_REFUSAL = 16 << 10
+
+
+def safe_uid(uid: object) -> str | None:
+    """A pod UID fit for a file name (the kubelet's are UUIDs), else None."""
+    if not isinstance(uid, str) or not 0 < len(uid) <= 128:
+        return None
+    return uid if all(c.isascii() and (c.isalnum() or c in "-_.") for c in uid) and uid[0] != "." else None
+
+
+def refusal_path(state_dir: str, uid: str) -> str:
+    return os.path.join(state_dir, pod_restore.RECORDS, REFUSED, f"{uid}.json")
+
+
+def refused_again(lacking: list[str], wait_s: float) -> str:
+    """Why a pod's next sandbox is refused (``lacking``: what its earlier one waited for in vain)."""
+    return (
+        f"the pod lacks {', '.join(lacking)} of the checkpoint (its earlier sandbox was stopped after "
+        f"waiting {wait_s:g}s); create a pod with the checkpoint's containers"
+    )
+
+
+def remember(state_dir: str, uid: str, value: str, text: str) -> None:
+    from runsc_cuda.files import write_atomic
+
+    path = refusal_path(state_dir, uid)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    write_atomic(path, json.dumps({"from": value, "message": text[:4000]}), durable=False)
+
+
+def remembered(state_dir: str, uid: str, value: str) -> str | None:
+    """Why this pod's next sandbox, restored from ``value``, is refused, if its earlier one was ended."""
+    from runsc_cuda.files import read_regular
+
+    try:
+        raw, _ = read_regular(refusal_path(state_dir, uid), MAX_REFUSAL)
+        doc = json.loads(raw)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("from") != value or not isinstance(doc.get("message"), str):
+        return None
+    return str(doc["message"])
+
+
+def forget(state_dir: str, max_age_s: float, now: float | None = None) -> list[str]:
+    """Remove the remembered ends older than ``max_age_s`` (0: all); the paths removed (runsc-cuda gc)."""
+    folder = os.path.join(state_dir, pod_restore.RECORDS, REFUSED)
+    now = time.time() if now is None else now
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if now - os.lstat(path).st_mtime >= max_age_s:
+                    os.unlink(path)
+                    removed.append(path)
+    return removed
 
 
 # --- the watcher process --------------------------------------------------------------------
@@ -154,7 +222,13 @@ def watch(
                 if verdict == STOP and record is not None:
                     pod_restore.stop_sandbox(session, sandbox, pid)
                     pod_restore.drop_record(session, sandbox)  # the markers stay (restore_container says why)
-                    session.report.warning(message(sandbox, record, lacking, cfg.pod_restore_wait_s))
+                    said = message(sandbox, record, lacking, cfg.pod_restore_wait_s)
+                    uid = safe_uid(record.get("uid"))
+                    if uid is not None:
+                        with contextlib.suppress(OSError):
+                            again = refused_again(lacking, cfg.pod_restore_wait_s)
+                            remember(cfg.state_dir, uid, str(record.get("from", "")), again)
+                    session.report.warning(said)
         if verdict in (DONE, STOP):
             return verdict
         sleep(POLL_S)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 CONTAINER_NAME = "io.kubernetes.cri.container-name"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"  # the pod's UID
 SANDBOX = "sandbox"  # the pod's first (pause) container: gVisor's root container
 CONTAINER = "container"  # every other container of the pod: a sub-container of the sandbox
 

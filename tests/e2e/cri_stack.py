@@ -270,6 +270,8 @@ class CriStack:
     default_runtime: str | None = None
     # More restore roots for runsc-cuda than ``checkpoints`` (the kubelet's <root-dir>/checkpoints).
     more_restore_roots: tuple[str, ...] = ()
+    # More lines for runsc-cuda's config file (TOML: ``key = value``).
+    more_settings: tuple[str, ...] = ()
 
     # --- layout ---------------------------------------------------------------------------
 
@@ -450,6 +452,7 @@ class CriStack:
                     'log_level = "debug"',
                     f"state_dir = {json.dumps(str(self.state_dir))}",
                     f"restore_roots = {json.dumps([str(self.checkpoints), *self.more_restore_roots])}",
+                    *self.more_settings,
                     "",
                 ]
             )
@@ -687,16 +690,11 @@ def check_machine() -> None:
 
 
 @contextlib.contextmanager
-def running(
-    root: Path, record: bool = False, default_runtime: str | None = None, more_restore_roots: tuple[str, ...] = ()
-) -> Iterator[CriStack]:
-    """A started CRI stack, stopped at the end whatever happens."""
+def running(root: Path, record: bool = False, **options: Any) -> Iterator[CriStack]:
+    """A started CRI stack (``options``: CriStack's fields), stopped at the end whatever happens."""
     check_machine()
     tools = CriTools.find(build_runsc())
-    stack = CriStack(
-        root, tools, runsc_cuda_program(), record=record, default_runtime=default_runtime,
-        more_restore_roots=more_restore_roots,
-    )  # fmt: skip
+    stack = CriStack(root, tools, runsc_cuda_program(), record=record, **options)
     try:
         stack.start()
         yield stack

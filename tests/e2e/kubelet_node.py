@@ -41,6 +41,9 @@ from .stack import REPO, Unavailable, file_tail, pid_alive, terminate, wait_for
 KUBELET_UNAVAILABLE = REPO / ".cache" / "kubelet-unavailable"
 NODE = "rcu-node"
 START_TIMEOUT = 60.0
+# How long a restoring pod waits for a missing container here: the kubelet creates a pod's containers
+# one after the other within seconds (its images are present).
+POD_RESTORE_WAIT_S = 15
 # Hides the kubelet's fixed host paths from the host: a mount namespace of its own, tmpfs over them.
 PRIVATE_PATHS = ("/var/lib", "/var/log")
 
@@ -219,7 +222,8 @@ def kubelet_node(root: Path) -> Iterator[KubeletNode]:
     if shutil.which("unshare") is None:
         raise Unavailable("no unshare (Debian: util-linux): the kubelet runs in a mount namespace of its own")
     checkpoints = root / "kubelet" / "root" / "checkpoints"
-    with running(root, default_runtime=HANDLER, more_restore_roots=(str(checkpoints),)) as cri:
+    settings = (f"pod_restore_wait_s = {POD_RESTORE_WAIT_S}",)
+    with running(root, default_runtime=HANDLER, more_restore_roots=(str(checkpoints),), more_settings=settings) as cri:
         node = KubeletNode(cri, kubelet, free_port())
         try:
             node.start()

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from .cri_stack import APP_IMAGE, COUNTER, CUDA_CHECKPOINT, GPU_ANNOTATION, SIDECAR
-from .kubelet_node import KubeletNode, kubelet_node
+from .kubelet_node import POD_RESTORE_WAIT_S, KubeletNode, kubelet_node
 from .stack import Unavailable, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +44,12 @@ def node() -> Iterator[KubeletNode]:
         pytest.skip(f"kubelet node unavailable: {e}")
 
 
-def gpu_pod(name: str, annotations: dict[str, str] | None = None, share: bool = True) -> dict[str, Any]:
+def gpu_pod(
+    name: str,
+    annotations: dict[str, str] | None = None,
+    share: bool = True,
+    names: tuple[str, ...] = ("app", "sidecar"),
+) -> dict[str, Any]:
     def container(name: str, command: list[str]) -> dict[str, Any]:
         return {"name": name, "image": APP_IMAGE, "imagePullPolicy": "Never", "command": command}
 
@@ -60,10 +65,7 @@ def gpu_pod(name: str, annotations: dict[str, str] | None = None, share: bool = 
             "hostNetwork": True,
             "shareProcessNamespace": share,
             "terminationGracePeriodSeconds": 5,
-            "containers": [
-                container("app", ["sh", "-c", COUNTER]),
-                container("sidecar", list(SIDECAR)),
-            ],
+            "containers": [container(n, ["sh", "-c", COUNTER] if n == "app" else list(SIDECAR)) for n in names],
         },
     }
 
@@ -119,7 +121,9 @@ def test_a_static_pod_annotated_restore_from_the_kubelets_archive_comes_back_cou
     app = node.running_container("counter-restored", "app")
     node.running_container("counter-restored", "sidecar")
 
-    # It came from the checkpoint: the count goes on from the saved value, not from 1.
+    # It came from the checkpoint: the count goes on from the saved value, not from 1 (the first count
+    # read once exec reaches the restored pod).
+    wait_for("exec to reach the restored app", lambda: count(node, app) > 0, 30, 0.2)
     restored = count(node, app)
     assert restored >= before, (restored, before)
     wait_for("the restored app to count on", lambda: count(node, app) > restored + 2, 15)
@@ -144,3 +148,23 @@ def test_the_kubelet_api_says_why_the_exec_engine_refuses_a_pod_without_a_shared
     before = count(node, app)
     wait_for("the app to count on", lambda: count(node, app) > before + 2, 15)
     node.remove_pod("own-pids")
+
+
+def test_a_static_pod_lacking_a_checkpointed_container_is_ended_and_its_next_sandbox_refused(
+    node: KubeletNode, checkpointed: tuple[Path, int]
+) -> None:
+    archive, _before = checkpointed
+    node.add_pod(gpu_pod("lacking", {RESTORE_FROM: str(archive)}, names=("app",)))
+    ended = f"the pod did not create sidecar within {POD_RESTORE_WAIT_S}s"
+    wait_for("the restoring sandbox to be ended", lambda: any(ended in m for m in messages(node)), 90, 0.5)
+
+    # The kubelet makes a new sandbox for the pod: refused at once, and the kubelet says why.
+    again = "the pod lacks sidecar of the checkpoint"
+    wait_for("the kubelet to report the refusal", lambda: again in node.log.read_text(errors="replace"), 90, 0.5)
+    assert not node.pod_ids("lacking", ready=True)
+    node.remove_pod("lacking")
+    assert not [p for p in (node.cri.state_dir / "pod-restore").glob("*.json")]
+
+
+def messages(node: KubeletNode) -> list[str]:
+    return [str(r.get("msg", "")) for r in node.cri.runsc_cuda_records()]

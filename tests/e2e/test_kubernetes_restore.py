@@ -290,4 +290,12 @@ def test_a_pod_that_lacks_a_checkpointed_container_can_still_be_stopped_and_remo
     cri.remove_pod(late)
     assert time.monotonic() - started < 30
     assert not runsc_ids(cri) & {late.id, made["app"]}
-    assert not [p for p in (cri.state_dir / "pod-restore").rglob("*") if p.is_file()]
+    # Its end is remembered by the pod's UID: the kubelet's next sandbox for it is refused at once, with why.
+    uid = json.loads(late.config.read_text())["metadata"]["uid"]
+    left = [p for p in (cri.state_dir / "pod-restore").rglob("*") if p.is_file()]
+    assert left == [cri.state_dir / "pod-restore" / "refused" / f"{uid}.json"], left
+    before = runsc_ids(cri)
+    again = cri.crictl("runp", "--runtime", "runsc-cuda", str(late.config), check=False)
+    assert again.returncode != 0
+    assert "the pod lacks sidecar of the checkpoint (its earlier sandbox was stopped after waiting 5s)" in again.stderr
+    assert runsc_ids(cri) == before

@@ -173,12 +173,14 @@ class Pod:
     value: str
     state: Path
     bundles: dict[str, Path] = field(default_factory=dict)
+    uid: str = "0b5c1d0e-1f2a-4b3c-8d4e-5f6a7b8c9d0e"  # the pod's UID (containerd's sandbox-uid annotation)
 
     def create(self, cid: str, kind: str, name: str = "") -> tuple[int, str]:
         annotations = {
             "io.kubernetes.cri.container-type": kind,
             "io.kubernetes.cri.sandbox-id": "pod1",
             "dev.runsc-cuda.restore-from": self.value,
+            "io.kubernetes.cri.sandbox-uid": self.uid,
         }
         if name:
             annotations["io.kubernetes.cri.container-name"] = name
@@ -272,6 +274,31 @@ def test_a_pod_that_lacks_a_checkpointed_container_is_ended_after_the_wait(shim:
     assert code != 0 and "pod sandbox pod1 was not restored from it" in err
     out = shim.run("kill", "pod1", "9")  # the markers stay, as after a refusal: the shim's kill succeeds
     assert out.returncode == 0 and b"still restoring" in out.stderr
+
+
+def test_the_next_sandbox_of_a_pod_ended_for_a_lacking_container_is_refused_at_once(shim: Shim, pod: Pod) -> None:
+    # The kubelet makes a new sandbox for the same pod (same UID, same containers): it would wait again.
+    shim.env["RUNSC_CUDA_POD_RESTORE_WAIT_S"] = "1"
+    watcher = pod.restore_sandbox()
+    assert isinstance(watcher, int)
+    wait_for(lambda: not running(watcher), timeout=30)
+    before = list(shim.root.iterdir())
+    code, err = pod.create("pod2", "sandbox")
+    assert code != 0
+    said = (
+        f"cannot restore pod2 from {pod.value!r}: the pod lacks app, sidecar of the checkpoint (its earlier "
+        "sandbox was stopped after waiting 1s); create a pod with the checkpoint's containers; nothing was started"
+    )
+    assert said in err, err
+    assert list(shim.root.iterdir()) == before  # runsc was not called
+    pod.uid = "another-pod"  # a new pod gets a new try
+    code, err = pod.create("pod3", "sandbox")
+    assert code == 0, err
+    out = shim.run("gc", "--all")
+    assert out.returncode == 0 and b"refused" in out.stdout
+    assert not (pod.state / "pod-restore" / "refused").exists() or not list(
+        (pod.state / "pod-restore" / "refused").iterdir()
+    )
 
 
 def test_a_pod_whose_containers_all_join_leaves_no_watcher(shim: Shim, pod: Pod) -> None:
