@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from k8s_restore import RESTORE_FROM, fill  # noqa: E402
+from k8s_restore import RESTORE_FROM, fill, report, table_lines  # noqa: E402
 
 from tests.e2e.cri_stack import running  # noqa: E402
 from tests.e2e.stack import wait_for  # noqa: E402
@@ -98,18 +97,9 @@ def main(argv: list[str]) -> int:
             cri.remove_pod(restored)
         cri.remove_pod(pod)
     shutil.rmtree(root, ignore_errors=True)
-    lines = [
-        f"pod: pause + mem ({ns.mib} MiB); restored from the image folder; {ns.rounds} rounds; recorder "
-        f"{recorder * 1000:.0f} ms a hop (taken off); {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}",
-        "| what | median s | min s | max s |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for label, values in rows.items():
-        lines.append(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    if ns.out is not None:
-        ns.out.write_text(json.dumps({"mib": ns.mib, "rounds": ns.rounds, "rows": rows, "table": table}, indent=2))
+    head = f"pod: pause + mem ({ns.mib} MiB); restored from the image folder; {ns.rounds} rounds; recorder "
+    head += f"{recorder * 1000:.0f} ms a hop (taken off)"
+    report(table_lines(head, rows), rows, ns)
     return 0
 
 

@@ -171,14 +171,9 @@ def main(argv: list[str]) -> int:
             )
         cri.remove_pod(pod)
     shutil.rmtree(root, ignore_errors=True)
-    lines = [
-        f"pod: pause + mem ({ns.mib} MiB held by awk); image {size / 2**20:.0f} MiB; {ns.rounds} rounds; "
-        f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}",
-        "| what | median s | min s | max s |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for label, values in rows.items():
-        lines.append(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
+    lines = table_lines(
+        f"pod: pause + mem ({ns.mib} MiB held by awk); image {size / 2**20:.0f} MiB; {ns.rounds} rounds", rows
+    )
     median = {label: statistics.median(values) for label, values in rows.items()}
     base = median["restore: runsc restore --detach (pause, mem)"]
     for label in ("restore: CRI, archive (cached)", "restore: CRI, image folder"):
@@ -189,11 +184,25 @@ def main(argv: list[str]) -> int:
     extra = median["restore: CRI, archive (cached)"] - base
     lines.append(f"what the CRI adds: to a cold pod {cold:.2f} s, to a restored pod {extra:.2f} s; the goal allows "
                  f"{0.25 * base:.2f} s")  # fmt: skip
+    report(lines, rows, ns)
+    return 0
+
+
+def table_lines(head: str, rows: dict[str, list[float]]) -> list[str]:
+    """The head line (with the machine), then a markdown table of each row's median, min and max."""
+    lines = [f"{head}; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}", "| what | median s | min s | max s |",
+             "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    for label, values in rows.items():
+        lines.append(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
+    return lines
+
+
+def report(lines: list[str], rows: dict[str, list[float]], ns: argparse.Namespace) -> None:
+    """Print the table; with ``--out``, also write it and the raw figures as JSON (bench/results/)."""
     table = "\n".join(lines)
     print(table)
     if ns.out is not None:
         ns.out.write_text(json.dumps({"mib": ns.mib, "rounds": ns.rounds, "rows": rows, "table": table}, indent=2))
-    return 0
 
 
 if __name__ == "__main__":
