@@ -138,13 +138,11 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         deadline = time.monotonic() + max(0.0, timeout)
-        while not poller.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+        while not poller.poll(min(60_000, max(0, int((deadline - time.monotonic()) * 1000)))):
             if time.monotonic() >= deadline:
                 return proc.poll() is not None
         proc.wait()  # it has exited: reap it
         return True
-    except InterruptedError:
-        return proc.poll() is not None
     finally:
         os.close(fd)
 

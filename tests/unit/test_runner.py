@@ -116,3 +116,8 @@ def test_wait_exit_falls_back_to_popen_polling_without_pidfds(monkeypatch: pytes
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_wait_exit_takes_a_timeout_of_any_size() -> None:
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert wait_exit(done, 1e12)  # longer than poll() can wait at once
