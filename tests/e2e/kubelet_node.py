@@ -177,7 +177,9 @@ class KubeletNode:
     def add_pod(self, manifest: dict[str, Any]) -> None:
         name = manifest["metadata"]["name"]
         path = self.manifests / f"{name}.json"
-        temporary = path.with_suffix(".tmp")  # the kubelet reads *.json only when whole
+        # Written beside the folder, then moved in: the kubelet reads every file of it, whatever its name,
+        # and a pod first seen as NAME.tmp would be removed and made again under its final name.
+        temporary = self.folder / f"{name}.json.tmp"
         temporary.write_text(json.dumps(manifest, indent=2))
         temporary.rename(path)
 
