@@ -420,8 +420,18 @@ class CriStack:
         return int(text) if result.returncode == 0 and text.isdigit() else 0
 
     def remove_pod(self, pod: Pod) -> None:
+        """StopPodSandbox, then RemovePodSandbox. containerd marks a sandbox whose process ended by itself
+        (a restoring pod ended by runsc-cuda) not ready when it handles the exit event, which can come
+        just after StopPodSandbox returned: RemovePodSandbox then says "is running, please stop it first",
+        and is tried again, as the kubelet's garbage collection would."""
         self.crictl("stopp", pod.id, timeout=120)
-        self.crictl("rmp", pod.id, timeout=120)
+        for _ in range(10):
+            result = self.crictl("rmp", pod.id, timeout=120, check=False)
+            if result.returncode == 0 or "please stop it first" not in result.stderr:
+                break
+            time.sleep(0.5)
+            self.crictl("stopp", pod.id, timeout=120)
+        result.check()
         self.pods.pop(pod.id, None)
 
     # --- start ----------------------------------------------------------------------------
