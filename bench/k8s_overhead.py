@@ -59,10 +59,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, help="also write the table as JSON (bench/results/)")
+    parser.add_argument("--program", type=Path, help="the runsc-cuda the node runs (default: the venv's console "
+                        "script; dist/runsc-cuda-*/runsc-cuda is what the packages install)")  # fmt: skip
     ns = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="rko-", dir="/tmp"))
     rows: dict[str, list[float]] = {}
-    with running(root, record=True) as cri:
+    with running(root, record=True, program=ns.program and str(ns.program.resolve())) as cri:
         recorder = median_run([str(cri.bin / "rec-runsc"), "--version"]) - median_run([cri.tools.runsc, "--version"])
         pod = cri.run_pod("origin")
         mem = cri.create(pod, "mem", fill(ns.mib))
@@ -98,7 +100,7 @@ def main(argv: list[str]) -> int:
         cri.remove_pod(pod)
     shutil.rmtree(root, ignore_errors=True)
     head = f"pod: pause + mem ({ns.mib} MiB); restored from the image folder; {ns.rounds} rounds; recorder "
-    head += f"{recorder * 1000:.0f} ms a hop (taken off)"
+    head += f"{recorder * 1000:.0f} ms a hop (taken off); runsc-cuda: {ns.program or 'the console script'}"
     report(table_lines(head, rows), rows, ns)
     return 0
 

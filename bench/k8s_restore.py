@@ -119,10 +119,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, help="also write the table as JSON (bench/results/)")
+    parser.add_argument("--program", type=Path, help="the runsc-cuda the node runs (default: the venv's console "
+                        "script; dist/runsc-cuda-*/runsc-cuda is what the packages install)")  # fmt: skip
     ns = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))
     rows: dict[str, list[float]] = {}
-    with running(root) as cri:
+    with running(root, program=ns.program and str(ns.program.resolve())) as cri:
         pod = cri.run_pod("bench-origin")
         mem = cri.create(pod, "mem", fill(ns.mib))
         cri.start_container(mem)
@@ -172,7 +174,9 @@ def main(argv: list[str]) -> int:
         cri.remove_pod(pod)
     shutil.rmtree(root, ignore_errors=True)
     lines = table_lines(
-        f"pod: pause + mem ({ns.mib} MiB held by awk); image {size / 2**20:.0f} MiB; {ns.rounds} rounds", rows
+        f"pod: pause + mem ({ns.mib} MiB held by awk); image {size / 2**20:.0f} MiB; {ns.rounds} rounds; "
+        f"runsc-cuda: {ns.program or 'the console script'}",
+        rows,
     )
     median = {label: statistics.median(values) for label, values in rows.items()}
     base = median["restore: runsc restore --detach (pause, mem)"]
@@ -202,7 +206,9 @@ def report(lines: list[str], rows: dict[str, list[float]], ns: argparse.Namespac
     table = "\n".join(lines)
     print(table)
     if ns.out is not None:
-        ns.out.write_text(json.dumps({"mib": ns.mib, "rounds": ns.rounds, "rows": rows, "table": table}, indent=2))
+        ns.out.write_text(json.dumps(
+            {"mib": ns.mib, "rounds": ns.rounds, "program": str(ns.program or "console script"), "rows": rows,
+             "table": table}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ session (doctor) says ``NEEDS_SESSION = False`` and has ``main(cmd, environ)``.
 from __future__ import annotations
 
 import importlib
-import traceback
 from collections.abc import Mapping
 
 from runsc_cuda import logs
@@ -39,6 +38,8 @@ def main(cmd: CommandLine, environ: Mapping[str, str]) -> int:
             report.error("interrupted")
             return 130
         except Exception as e:  # never a traceback for users: one line, details in the log
+            import traceback
+
             report.debug("internal error", traceback=traceback.format_exc())
             report.error(f"internal error: {type(e).__name__}: {e}")
             return 1

@@ -195,7 +195,7 @@ def restore_sandbox(session: Session, args: VerbArgs, cid: str, value: str, uid:
     if not record["names"]:
         drop_record(session, cid)
     else:
-        record["pid"] = sandbox_pid(session, cid)
+        record["pid"] = pid_from_file(session, prepared.args.value("pid-file")) or sandbox_pid(session, cid)
         save_record(session, cid, record)
         mark_waiting(session, cid, cid, record["pid"])
         watcher = watch(session, cid, record["pid"])
@@ -219,6 +219,17 @@ def watch(session: Session, sandbox: str, pid: int) -> int | None:
         session.report.warning(f"pod sandbox {sandbox[:12]}: its PID is unknown; it waits for its containers for ever")
         return None
     return pod_wait.start(session, sandbox, pid)
+
+
+def pid_from_file(session: Session, pid_file: str | None) -> int:
+    """The PID runsc restore wrote to create's --pid-file (the sandbox's, for the pod's sandbox), or 0."""
+    if not pid_file:
+        return 0
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(session.cwd, pid_file), "rb") as f:
+            pid = int(f.read(32).strip())
+        return pid if pid > 1 else 0
+    return 0
 
 
 def sandbox_pid(session: Session, sandbox: str) -> int:

@@ -20,18 +20,22 @@ free space allows are refused.  ``runsc-cuda gc`` removes entries not used for
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import shutil
 import stat
-import tarfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from runsc_cuda.errors import ShimError
 from runsc_cuda.image.statefile import STATE_FILE
 from runsc_cuda.lock import container_lock
+
+if TYPE_CHECKING:
+    import tarfile
+
+# hashlib, shutil and tarfile are imported where an archive is unpacked or the cache cleaned: a pod
+# restored from an image folder (and every other create) does without them.
 
 CACHE = "restore-cache"
 DONE = "unpacked.json"
@@ -107,12 +111,16 @@ def resolve(value: str, roots: tuple[str, ...], state_dir: str, lock_wait_s: flo
 
 
 def cache_key(path: str, st: os.stat_result) -> str:
+    import hashlib
+
     ident = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
 def unpacked(path: str, state_dir: str, lock_wait_s: float) -> str:
     """The cache folder of archive ``path``: unpacked now, or earlier while the archive is unchanged."""
+    import shutil
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
@@ -166,6 +174,8 @@ def member_target(member: tarfile.TarInfo) -> str | None:
 
 def extract(f: object, path: str, target: str, room: int) -> None:
     """Check every member, then write the ones taken into ``target`` (ShimError: nothing is kept)."""
+    import tarfile
+
     total = 0
     count = 0
     try:
@@ -209,6 +219,8 @@ def _copy(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> None:
 
 def collect(state_dir: str, max_age_s: float, now: float | None = None) -> tuple[list[str], list[str]]:
     """Remove cache entries not used for ``max_age_s`` (0: all) and not in use; (removed, kept in use)."""
+    import shutil
+
     cache = os.path.join(state_dir, CACHE)
     now = time.time() if now is None else now
     removed: list[str] = []

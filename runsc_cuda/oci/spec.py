@@ -11,7 +11,6 @@ import json
 import os
 import posixpath
 import stat
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,6 +221,8 @@ def save_atomic(bundle: Bundle, data: bytes) -> None:
 
     A crash at any point leaves either the old file or the new one.
     """
+    import tempfile  # only when a bundle is patched: create's other paths do without it
+
     folder = os.path.dirname(bundle.path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".config.json.", suffix=".runsc-cuda", dir=folder)

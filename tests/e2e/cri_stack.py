@@ -700,11 +700,12 @@ def check_machine() -> None:
 
 
 @contextlib.contextmanager
-def running(root: Path, record: bool = False, **options: Any) -> Iterator[CriStack]:
-    """A started CRI stack (``options``: CriStack's fields), stopped at the end whatever happens."""
+def running(root: Path, record: bool = False, program: str | None = None, **options: Any) -> Iterator[CriStack]:
+    """A started CRI stack (``options``: CriStack's fields), stopped at the end whatever happens. ``program``:
+    the runsc-cuda it runs (default: the venv's console script)."""
     check_machine()
     tools = CriTools.find(build_runsc())
-    stack = CriStack(root, tools, runsc_cuda_program(), record=record, **options)
+    stack = CriStack(root, tools, program or runsc_cuda_program(), record=record, **options)
     try:
         stack.start()
         yield stack

@@ -174,6 +174,7 @@ class Pod:
     state: Path
     bundles: dict[str, Path] = field(default_factory=dict)
     uid: str = "0b5c1d0e-1f2a-4b3c-8d4e-5f6a7b8c9d0e"  # the pod's UID (containerd's sandbox-uid annotation)
+    pid_file: bool = True  # create with --pid-file, as containerd's runc.v2 shim does
 
     def create(self, cid: str, kind: str, name: str = "") -> tuple[int, str]:
         annotations = {
@@ -188,7 +189,8 @@ class Pod:
         with open(bundle / "create.out", "w+b") as out:  # not a pipe: the holders keep create's stdio (by design)
             done = subprocess.run(
                 [*self.shim.command, "--root", str(self.shim.root), "--log", str(bundle / "log.json"), "--log-format",
-                 "json", "create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"), cid],
+                 "json", "create", "--bundle", str(bundle),
+                 *(["--pid-file", str(bundle / "init.pid")] if self.pid_file else []), cid],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self.shim.env, timeout=60, check=False,
             )  # fmt: skip
             out.seek(0)
@@ -318,6 +320,21 @@ def test_without_a_wait_no_watcher_starts(shim: Shim, pod: Pod) -> None:
     shim.env["RUNSC_CUDA_POD_RESTORE_WAIT_S"] = "0"
     assert pod.restore_sandbox() is None
     assert pod.record.exists() and running(pod.sandbox_pid())
+
+
+def test_the_sandbox_pid_is_read_from_the_pid_file_runsc_restore_wrote(shim: Shim, pod: Pod) -> None:
+    shim.env["RUNSC_CUDA_POD_RESTORE_WAIT_S"] = "0"
+    pod.restore_sandbox()
+    assert [shim.verb_of(a) for a in shim.runsc_argvs()] == ["restore"]  # no runsc state call
+    assert json.loads(pod.record.read_text())["pid"] == pod.sandbox_pid()
+
+
+def test_without_a_pid_file_the_sandbox_pid_is_asked_of_runsc(shim: Shim, pod: Pod) -> None:
+    shim.env["RUNSC_CUDA_POD_RESTORE_WAIT_S"] = "0"
+    pod.pid_file = False
+    pod.restore_sandbox()
+    assert [shim.verb_of(a) for a in shim.runsc_argvs()] == ["restore", "state"]
+    assert json.loads(pod.record.read_text())["pid"] == pod.sandbox_pid()
 
 
 def test_a_pod_stopped_while_it_restores_ends_its_watcher(shim: Shim, pod: Pod) -> None:
