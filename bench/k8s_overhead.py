@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from k8s_restore import RESTORE_FROM, fill, report, table_lines  # noqa: E402
+from k8s_restore import RESTORE_FROM, fill, node_words, report, table_lines  # noqa: E402
 
 from tests.e2e.cri_stack import running  # noqa: E402
 from tests.e2e.stack import wait_for  # noqa: E402
@@ -61,10 +61,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="also write the table as JSON (bench/results/)")
     parser.add_argument("--program", type=Path, help="the runsc-cuda the node runs (default: the venv's console "
                         "script; dist/runsc-cuda-*/runsc-cuda is what the packages install)")  # fmt: skip
+    parser.add_argument("--detail-log", action="store_true", help="runsc-cuda writes its detailed log at debug "
+                        "level, as the tests' node does (default: the shipped config, no detailed log)")  # fmt: skip
     ns = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="rko-", dir="/tmp"))
     rows: dict[str, list[float]] = {}
-    with running(root, record=True, program=ns.program and str(ns.program.resolve())) as cri:
+    with running(root, record=True, program=ns.program and str(ns.program.resolve()), detail_log=ns.detail_log) as cri:
         recorder = median_run([str(cri.bin / "rec-runsc"), "--version"]) - median_run([cri.tools.runsc, "--version"])
         pod = cri.run_pod("origin")
         mem = cri.create(pod, "mem", fill(ns.mib))
@@ -100,7 +102,7 @@ def main(argv: list[str]) -> int:
         cri.remove_pod(pod)
     shutil.rmtree(root, ignore_errors=True)
     head = f"pod: pause + mem ({ns.mib} MiB); restored from the image folder; {ns.rounds} rounds; recorder "
-    head += f"{recorder * 1000:.0f} ms a hop (taken off); runsc-cuda: {ns.program or 'the console script'}"
+    head += f"{recorder * 1000:.0f} ms a hop (taken off); {node_words(ns)}"
     report(table_lines(head, rows), rows, ns)
     return 0
 

@@ -121,10 +121,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="also write the table as JSON (bench/results/)")
     parser.add_argument("--program", type=Path, help="the runsc-cuda the node runs (default: the venv's console "
                         "script; dist/runsc-cuda-*/runsc-cuda is what the packages install)")  # fmt: skip
+    parser.add_argument("--detail-log", action="store_true", help="runsc-cuda writes its detailed log at debug "
+                        "level, as the tests' node does (default: the shipped config, no detailed log)")  # fmt: skip
     ns = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))
     rows: dict[str, list[float]] = {}
-    with running(root, program=ns.program and str(ns.program.resolve())) as cri:
+    with running(root, program=ns.program and str(ns.program.resolve()), detail_log=ns.detail_log) as cri:
         pod = cri.run_pod("bench-origin")
         mem = cri.create(pod, "mem", fill(ns.mib))
         cri.start_container(mem)
@@ -175,7 +177,7 @@ def main(argv: list[str]) -> int:
     shutil.rmtree(root, ignore_errors=True)
     lines = table_lines(
         f"pod: pause + mem ({ns.mib} MiB held by awk); image {size / 2**20:.0f} MiB; {ns.rounds} rounds; "
-        f"runsc-cuda: {ns.program or 'the console script'}",
+        f"{node_words(ns)}",
         rows,
     )
     median = {label: statistics.median(values) for label, values in rows.items()}
@@ -190,6 +192,12 @@ def main(argv: list[str]) -> int:
                  f"{0.25 * base:.2f} s")  # fmt: skip
     report(lines, rows, ns)
     return 0
+
+
+def node_words(ns: argparse.Namespace) -> str:
+    """Which runsc-cuda the node ran, and how it logged (for a table's head)."""
+    log = "detailed log at debug" if ns.detail_log else "no detailed log"
+    return f"runsc-cuda: {ns.program or 'the console script'}, {log}"
 
 
 def table_lines(head: str, rows: dict[str, list[float]]) -> list[str]:

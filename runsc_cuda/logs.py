@@ -136,17 +136,17 @@ class RuntimeLog:
             os.close(fd)
 
 
-def detail_logger(path: str | None, level: str) -> logging.Logger:
-    """runsc-cuda's own JSON-lines logger (python-json-logger); silent without a path."""
+def detail_logger(path: str | None, level: str) -> logging.Logger | None:
+    """runsc-cuda's own JSON-lines logger (python-json-logger); None without a path (nothing to
+    write: neither logging nor python-json-logger is imported)."""
+    if not path:
+        return None
     import logging
 
     logger = logging.getLogger("runsc-cuda")
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(LEVELS.get(level.lower(), 20))
-    if not path:
-        logger.addHandler(logging.NullHandler())
-        return logger
     try:
         from pythonjsonlogger.json import JsonFormatter
     except ImportError:  # python-json-logger < 3.1

@@ -331,12 +331,12 @@ def stop_sandbox(session: Session, sandbox: str, pid: int) -> None:
 
 def thaw(session: Session, prepared: Prepared, record: dict[str, Any], joined: dict[str, str]) -> None:
     """Thaw the exec engine's CUDA processes once the whole pod runs."""
-    from runsc_cuda.engines.exec_engine import ExecRestore
-
     states = {int(pid): str(state) for pid, state in dict(record.get("thaw") or {}).items()}
     target = record.get("gpu_container")
     if not states or not isinstance(target, str) or target not in joined:
         return
+    from runsc_cuda.engines.exec_engine import ExecRestore  # a pod with CUDA processes to thaw only
+
     saved = sidecar.read(str(record["image"]))
     if saved is None:
         raise ShimError(f"{record['image']}: its runsc-cuda.json is gone")

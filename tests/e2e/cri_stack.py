@@ -272,6 +272,8 @@ class CriStack:
     more_restore_roots: tuple[str, ...] = ()
     # More lines for runsc-cuda's config file (TOML: ``key = value``).
     more_settings: tuple[str, ...] = ()
+    # runsc-cuda's detailed log (runsc_cuda_log, debug level); off: the shipped default, no log file.
+    detail_log: bool = True
 
     # --- layout ---------------------------------------------------------------------------
 
@@ -458,8 +460,11 @@ class CriStack:
                     f"cuda_checkpoint = {json.dumps(str(self.fake_cuda_checkpoint))}",
                     "nvproxy = false",
                     'engine = "exec"',
-                    f"log_file = {json.dumps(str(self.runsc_cuda_log))}",
-                    'log_level = "debug"',
+                    *(
+                        [f"log_file = {json.dumps(str(self.runsc_cuda_log))}", 'log_level = "debug"']
+                        if self.detail_log
+                        else []
+                    ),
                     f"state_dir = {json.dumps(str(self.state_dir))}",
                     f"restore_roots = {json.dumps([str(self.checkpoints), *self.more_restore_roots])}",
                     *self.more_settings,

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,6 +118,28 @@ def test_the_pass_through_path_imports_nothing_heavy(module: str, tmp_path: obje
     )
     assert out.returncode == 0, out.stderr
     assert module not in out.stdout.decode().split()
+
+
+@pytest.mark.parametrize("module", ["logging", "pythonjsonlogger", "tempfile", "tarfile", "traceback"])
+def test_a_plain_create_without_a_log_file_imports_no_logger_nor_archive_code(module: str, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["sh"]}}))
+    code = (
+        "import sys, os\n"
+        "os.execve = lambda *a: (print(' '.join(sorted(sys.modules))), sys.exit(0))\n"
+        "from runsc_cuda.cli import main\n"
+        f"main(['runsc-cuda', '--root', '/r', 'create', '--bundle', {str(tmp_path)!r}, 'c1'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env={"PYTHONPATH": str(REPO), "RUNSC_CUDA_RUNSC": "/bin/true", "PATH": "/usr/bin:/bin",
+             "RUNSC_CUDA_CONFIG": os.devnull, "RUNSC_CUDA_STATE_DIR": str(tmp_path / "state")},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    loaded = out.stdout.decode().split()
+    assert "runsc_cuda.commands.create" in loaded and module not in loaded
 
 
 def test_a_config_file_with_runsc_is_read_on_the_pass_through_path(shim: Shim) -> None:
