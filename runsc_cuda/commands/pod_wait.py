@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from runsc_cuda import detach, logs
+from runsc_cuda import detach
 from runsc_cuda.commands import pod_restore
 from runsc_cuda.lock import container_lock
 from runsc_cuda.oci import restoring
@@ -134,55 +134,19 @@ def forget(state_dir: str, max_age_s: float, now: float | None = None) -> list[s
 
 
 def start(session: Session, sandbox: str, pid: int) -> int | None:
-    """Fork the detached watcher of a restoring pod whose sandbox process is ``pid``; its PID, or None
+    """Start the detached watcher of a restoring pod whose sandbox process is ``pid``; its PID, or None
     (a warning says why)."""
-    r, w = os.pipe()
+
+    def life() -> int:  # the shim waits for create's stdio to close: detach.spawn lets go of it
+        detach.fresh_session(session, {"verb": "pod restore watcher", "container": sandbox})
+        watch(session, sandbox, pid)
+        return 0
+
     try:
-        child = os.fork()
+        return detach.spawn(life)
     except OSError as e:
-        os.close(r)
-        os.close(w)
         session.report.warning(f"pod sandbox {sandbox[:12]}: cannot start its restore watcher: {e.strerror}")
         return None
-    if child == 0:
-        os.close(r)
-        _watcher(session, sandbox, pid, w)  # never returns
-    os.close(w)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(child, 0)
-    with os.fdopen(r, "rb") as f:
-        said = f.read(32)
-    return int(said) if said.isdigit() else None
-
-
-def _watcher(session: Session, sandbox: str, pid: int, w: int) -> None:
-    """The watcher's whole life (a grandchild in its own session, holding none of the caller's files)."""
-    import signal
-
-    from runsc_cuda.runner import Runner
-    from runsc_cuda.signals import StopFlag
-
-    code = 0
-    try:
-        os.setsid()
-        watcher = os.fork()
-        if watcher:
-            os.write(w, str(watcher).encode())
-            os._exit(0)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        detach.let_go()  # the shim waits for create's stdio to close
-        cfg = session.config
-        session.report.logger = logs.detail_logger(cfg.log_file, cfg.log_level)
-        session.report.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as this process
-        session.report.context = {"verb": "pod restore watcher", "container": sandbox}
-        session.runner = Runner(session.runner.environ, cfg.max_output_bytes)
-        session.stop = StopFlag()
-        watch(session, sandbox, pid)
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)
 
 
 def _written(path: str) -> float | None:

@@ -32,14 +32,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from runsc_cuda import detach, files, logs
+from runsc_cuda import detach, files
 from runsc_cuda.engines import native
 from runsc_cuda.errors import ShimError, refusal
 from runsc_cuda.lock import container_lock, lock_path
 from runsc_cuda.oci.sandbox import UP, Sandbox
-from runsc_cuda.runner import Runner, pid_alive
+from runsc_cuda.runner import pid_alive
 from runsc_cuda.session import Session
-from runsc_cuda.signals import StopFlag
 
 DONE = b"done"
 POLL_S = 0.1
@@ -97,17 +96,13 @@ class Guard:
             raise refusal(str(e)) from None
         r, w = os.pipe()
         try:
-            child = os.fork()
+            detach.spawn(lambda: _guardian(self.session, self.path, self.token, r), keep=r, ignore_stop=True)
         except OSError as e:
-            os.close(r)
             os.close(w)
             self.remove()
             raise ShimError(f"cannot start the guardian: {e.strerror}") from None
-        if child == 0:
-            os.close(w)
-            _guardian(self.session, self.path, self.token, r)  # never returns
-        os.close(r)
-        os.waitpid(child, 0)
+        finally:
+            os.close(r)
         self.fd = w
         self.session.runner.on_start = self.on_start
 
@@ -147,38 +142,20 @@ def guarded(session: Session, cid: str, root: str, engine: str) -> Iterator[Guar
     guard.done()
 
 
-def _guardian(session: Session, path: str, token: str, r: int) -> None:
-    """The detached guardian's whole life (a grandchild in its own session)."""
-    import signal
-
-    code = 0
-    try:
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # the caller's stop requests were for runsc-cuda
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        detach.let_go(keep=r)
-        said = b""
-        while chunk := os.read(r, 16):
-            said += chunk
-        if said.startswith(DONE) or not os.path.exists(path):
-            os._exit(0)
-        cfg = session.config
-        session.report.logger = logs.detail_logger(cfg.log_file, cfg.log_level)
-        session.report.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as this process
-        session.runner = Runner(session.runner.environ, cfg.max_output_bytes)
-        session.stop = StopFlag()
-        doc = _read(path)
-        if doc is None or doc.get("token") != token:
-            os._exit(0)
-        with container_lock(cfg.state_dir, str(doc.get("root", "")), str(doc.get("container", "")), cfg.lock_wait_s):
-            code = 0 if recover(session, path, token, "runsc-cuda was killed before it finished") else 1
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)
+def _guardian(session: Session, path: str, token: str, r: int) -> int:
+    """The detached guardian's whole life (detach.spawn: stop requests ignored, they were for runsc-cuda)."""
+    said = b""
+    while chunk := os.read(r, 16):
+        said += chunk
+    if said.startswith(DONE) or not os.path.exists(path):
+        return 0
+    detach.fresh_session(session)
+    cfg = session.config
+    doc = _read(path)
+    if doc is None or doc.get("token") != token:
+        return 0
+    with container_lock(cfg.state_dir, str(doc.get("root", "")), str(doc.get("container", "")), cfg.lock_wait_s):
+        return 0 if recover(session, path, token, "runsc-cuda was killed before it finished") else 1
 
 
 def _read(path: str) -> dict[str, Any] | None:

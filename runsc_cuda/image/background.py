@@ -19,13 +19,11 @@ memory took to load after the container was running.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
 
-from runsc_cuda import detach, logs, words
+from runsc_cuda import detach, words
 from runsc_cuda.oci.sandbox import UP, Sandbox
 from runsc_cuda.session import Session
 from runsc_cuda.signals import forwarded_to
@@ -69,37 +67,17 @@ def watch(session: Session, cid: str, image: str | None, clock: Callable[[], flo
     return 1
 
 
-def _detach_process() -> None:
-    """Let go of everything the caller gave: stdio (containerd reads them to EOF), other fds, signals."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
-    detach.let_go()
-
-
 def start(session: Session, cid: str, image: str | None) -> None:
     """Start a detached watcher for a container whose background restore has returned; return at once."""
+
+    def life() -> int:
+        detach.fresh_session(session)
+        return watch(session, cid, image)
+
     try:
-        child = os.fork()
+        detach.spawn(life)
     except OSError as e:
         session.report.warning(f"restore of {cid}: cannot start the background-load watcher: {e.strerror}")
-        return
-    if child:
-        os.waitpid(child, 0)
-        return
-    code = 1
-    try:
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        _detach_process()
-        cfg = session.config
-        session.report.logger = logs.detail_logger(cfg.log_file, cfg.log_level)
-        session.report.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as this process
-        code = watch(session, cid, image)
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)
 
 
 def restore_and_watch(session: Session, argv: list[str], cid: str, image: str | None, detach: bool) -> int:
