@@ -17,7 +17,7 @@ The recorder costs a Python start per hop; it is measured (around ``runsc
 --version``, against the bare call) and taken off each hop. Not a timed test: a
 measurement to read, beside bench/k8s_restore.py's ratio. Needs root.
 
-    python bench/k8s_overhead.py [--mib 1024] [--rounds 5]
+    python bench/k8s_overhead.py [--mib 1024] [--rounds 5] [--program PATH] [--detail-log] [--out FILE]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from k8s_restore import RESTORE_FROM, fill, node_words, report, table_lines  # noqa: E402
 
-from tests.e2e.cri_stack import running  # noqa: E402
+from tests.e2e.cri_stack import CriStack, running  # noqa: E402
 from tests.e2e.stack import wait_for  # noqa: E402
 
 OUTER, INNER = "caller->runsc-cuda", "runsc-cuda->runsc"
@@ -54,6 +54,30 @@ def median_run(argv: list[str], n: int = 7) -> float:
     return statistics.median(times)
 
 
+def one_restore(cri: CriStack, folder: Path, mib: int, tag: str, recorder: float) -> list[tuple[str, float]]:
+    """A pod restored from ``folder`` (and removed): each row's seconds."""
+    seen = len(cri.recorded_calls.read_text().splitlines())
+    started = time.monotonic()
+    restored = cri.run_pod(f"restored-{tag}", {RESTORE_FROM: str(folder)})
+    cri.start_container(cri.create(restored, "mem", fill(mib)))
+    total = time.monotonic() - started
+    calls = [json.loads(line) for line in cri.recorded_calls.read_text().splitlines()[seen:]]
+    outer = [c["seconds"] for c in calls if c["tag"] == OUTER]
+    inner = [c["seconds"] for c in calls if c["tag"] == INNER]
+    # A hop's "seconds" runs from its recorder's start to the end of the program it ran; the
+    # recorder's Python start and its bookkeeping fall outside them, inside its caller's time.
+    runsc = sum(inner)
+    own = sum(outer) - sum(inner) - recorder * len(inner)
+    rest = total - sum(outer) - recorder * len(outer)
+    cri.remove_pod(restored)
+    return [
+        ("whole restore (crictl runp + create + start)", total),
+        (f"runsc ({len(inner)} calls)", runsc),
+        (f"runsc-cuda's own ({len(outer)} calls: create, start of pause and mem)", own),
+        ("the rest: containerd, its shim, crictl", rest),
+    ]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=1024)
@@ -63,6 +87,8 @@ def main(argv: list[str]) -> int:
                         "script; dist/runsc-cuda-*/runsc-cuda is what the packages install)")  # fmt: skip
     parser.add_argument("--detail-log", action="store_true", help="runsc-cuda writes its detailed log at debug "
                         "level, as the tests' node does (default: the shipped config, no detailed log)")  # fmt: skip
+    parser.add_argument("--against", type=Path, help="another runsc-cuda (an earlier build): each round restores "
+                        "with both, in turns, and its rows say (against)")  # fmt: skip
     ns = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="rko-", dir="/tmp"))
     rows: dict[str, list[float]] = {}
@@ -77,32 +103,20 @@ def main(argv: list[str]) -> int:
         folder = cri.checkpoints / "origin"
         with tarfile.open(archive) as tar:
             tar.extractall(folder, filter="data")
+        programs = [("", cri.runsc_cuda)]
+        if ns.against is not None:
+            programs.append((" (against)", str(ns.against.resolve())))
         for n in range(ns.rounds):
-            seen = len(cri.recorded_calls.read_text().splitlines())
-            started = time.monotonic()
-            restored = cri.run_pod(f"restored-{n}", {RESTORE_FROM: str(folder)})
-            cri.start_container(cri.create(restored, "mem", fill(ns.mib)))
-            total = time.monotonic() - started
-            calls = [json.loads(line) for line in cri.recorded_calls.read_text().splitlines()[seen:]]
-            outer = [c["seconds"] for c in calls if c["tag"] == OUTER]
-            inner = [c["seconds"] for c in calls if c["tag"] == INNER]
-            # A hop's "seconds" runs from its recorder's start to the end of the program it ran; the
-            # recorder's Python start and its bookkeeping fall outside them, inside its caller's time.
-            runsc = sum(inner)
-            own = sum(outer) - sum(inner) - recorder * len(inner)
-            rest = total - sum(outer) - recorder * len(outer)
-            for label, value in (
-                ("whole restore (crictl runp + create + start)", total),
-                (f"runsc ({len(inner)} calls)", runsc),
-                (f"runsc-cuda's own ({len(outer)} calls: create, start of pause and mem)", own),
-                ("the rest: containerd, its shim, crictl", rest),
-            ):
-                rows.setdefault(label, []).append(value)
-            cri.remove_pod(restored)
+            for suffix, program in programs if n % 2 == 0 else programs[::-1]:
+                cri.use_program(program)
+                for label, value in one_restore(cri, folder, ns.mib, f"{n}{suffix[2:3]}", recorder):
+                    rows.setdefault(label + suffix, []).append(value)
         cri.remove_pod(pod)
     shutil.rmtree(root, ignore_errors=True)
     head = f"pod: pause + mem ({ns.mib} MiB); restored from the image folder; {ns.rounds} rounds; recorder "
     head += f"{recorder * 1000:.0f} ms a hop (taken off); {node_words(ns)}"
+    if ns.against is not None:
+        head += f"; against: {ns.against}"
     report(table_lines(head, rows), rows, ns)
     return 0
 

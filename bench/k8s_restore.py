@@ -16,7 +16,11 @@ container that holds ``--mib`` MiB (a power of two) in awk's memory with non-zer
 Goal: CRI restore within 1.25x of runsc's. Not a timed test: a measurement to read.
 Needs root. Leaves nothing behind (the stack's own cleanup).
 
-    python bench/k8s_restore.py [--mib 1024] [--rounds 3]
+The node runs ``--program`` as runsc-cuda (default: the venv's console script; the
+packages install dist/runsc-cuda-*/runsc-cuda, ``make dist``) with the shipped
+logging (no detailed log; ``--detail-log``: debug, as the tests' node).
+
+    python bench/k8s_restore.py [--mib 1024] [--rounds 3] [--program PATH] [--detail-log] [--out FILE]
 """
 
 from __future__ import annotations

@@ -472,11 +472,7 @@ class CriStack:
                 ]
             )
         )
-        write_exec(
-            self.bin / "runsc-cuda",
-            f"#!/bin/sh\nRUNSC_CUDA_CONFIG={shlex.quote(str(self.runsc_cuda_config))}\nexport RUNSC_CUDA_CONFIG\n"
-            f'exec {shlex.quote(self.runsc_cuda)} "$@"\n',
-        )
+        self.use_program(self.runsc_cuda)
         binary = self.bin / "runsc-cuda"
         if self.record:
             binary = self.write_recorder("rec-runsc-cuda", "caller->runsc-cuda", str(binary))
@@ -484,6 +480,17 @@ class CriStack:
         (self.root / "crictl.yaml").write_text(
             f"runtime-endpoint: unix://{self.sock}\nimage-endpoint: unix://{self.sock}\n"
         )
+
+    def use_program(self, program: str) -> None:
+        """bin/runsc-cuda, what containerd runs, runs ``program`` (with the node's config) from now on."""
+        self.runsc_cuda = program
+        tmp = self.bin / ".runsc-cuda.tmp"
+        write_exec(
+            tmp,
+            f"#!/bin/sh\nRUNSC_CUDA_CONFIG={shlex.quote(str(self.runsc_cuda_config))}\nexport RUNSC_CUDA_CONFIG\n"
+            f'exec {shlex.quote(program)} "$@"\n',
+        )
+        tmp.rename(self.bin / "runsc-cuda")
 
     def write_recorder(self, name: str, tag: str, program: str) -> Path:
         recorder = Path(__file__).with_name("recorder.py")
