@@ -143,10 +143,13 @@ def start(session: Session, sandbox: str, pid: int) -> int | None:
         return 0
 
     try:
-        return detach.spawn(life)
+        started = detach.spawn(life)
+        why = None if started is not None else "it did not start"
     except OSError as e:
-        session.report.warning(f"pod sandbox {sandbox[:12]}: cannot start its restore watcher: {e.strerror}")
-        return None
+        started, why = None, str(e.strerror)
+    if why is not None:
+        session.report.warning(f"pod sandbox {sandbox[:12]}: cannot start its restore watcher: {why}")
+    return started
 
 
 def _written(path: str) -> float | None:

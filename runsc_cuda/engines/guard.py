@@ -96,13 +96,16 @@ class Guard:
             raise refusal(str(e)) from None
         r, w = os.pipe()
         try:
-            detach.spawn(lambda: _guardian(self.session, self.path, self.token, r), keep=r, ignore_stop=True)
+            started = detach.spawn(lambda: _guardian(self.session, self.path, self.token, r), keep=r, ignore_stop=True)
+            why = None if started is not None else "it did not start"
         except OSError as e:
-            os.close(w)
-            self.remove()
-            raise ShimError(f"cannot start the guardian: {e.strerror}") from None
+            why = str(e.strerror)
         finally:
             os.close(r)
+        if why is not None:  # nothing is frozen without one
+            os.close(w)
+            self.remove()
+            raise ShimError(f"cannot start the guardian: {why}")
         self.fd = w
         self.session.runner.on_start = self.on_start
 

@@ -94,3 +94,27 @@ def test_a_helper_exits_with_its_bodys_status_and_1_when_it_raises() -> None:
                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.decode().split() == ["7", "1"]  # the caller's code never runs on in a helper
+
+
+@pytest.mark.parametrize("failure", ["no pid", "no fork"])
+def test_a_checkpoint_whose_guardian_did_not_start_is_refused_and_leaves_no_record(
+    failure: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from runsc_cuda.engines import guard
+    from runsc_cuda.errors import ShimError
+
+    def spawn(*_args: object, **_kwargs: object) -> int | None:
+        if failure == "no fork":
+            raise OSError(11, "Resource temporarily unavailable")
+        return None  # the child could not fork the guardian
+
+    monkeypatch.setattr(detach, "spawn", spawn)
+    session = SimpleNamespace(config=SimpleNamespace(state_dir=str(tmp_path)), cmd=SimpleNamespace(global_tokens=list))
+    before = open_fds()
+    watch = guard.Guard(session, "c1", "/run/runsc", "exec")  # type: ignore[arg-type]
+    with pytest.raises(ShimError, match="cannot start the guardian"):
+        watch.start()
+    assert not os.path.exists(watch.path) and watch.fd is None
+    assert open_fds() == before  # both ends of the pipe are closed
