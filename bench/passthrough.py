@@ -20,7 +20,7 @@ the table shows medians and ratios against (a).  Goals: (b) <= 2.5x, (c) <= 2.0x
 
 ``--importtime`` also prints ``-X importtime`` for the console script's
 pass-through (the binary's needs a build with RUNSC_CUDA_PYI_IMPORTTIME=1, see
-packaging/shim.spec).
+shim.spec).
 """
 
 from __future__ import annotations

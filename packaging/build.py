@@ -38,7 +38,7 @@ from runsc_cuda.oci.help import GPU_RELEASE  # noqa: E402
 PYINSTALLER_DIST = REPO / "build" / "pyinstaller" / "dist"
 PYINSTALLER_WORK = REPO / "build" / "pyinstaller" / "work"
 DIST = REPO / "dist"
-SPEC = HERE / "shim.spec"
+SPEC = REPO / "shim.spec"
 DOCS = REPO / "docs"
 EXAMPLES = ("docker", "containerd", "kubernetes")
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64el", "s390x": "s390x"}

@@ -166,7 +166,7 @@ def test_layout_agrees_with_the_runtime_config_path() -> None:
 
 
 def spec_literal(name: str) -> Any:
-    tree = ast.parse((PACKAGING / "shim.spec").read_text())
+    tree = ast.parse((REPO / "shim.spec").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return ast.literal_eval(node.value)
@@ -174,7 +174,7 @@ def spec_literal(name: str) -> Any:
 
 
 def test_spec_builds_onedir_without_start_up_weight() -> None:
-    text = (PACKAGING / "shim.spec").read_text()
+    text = (REPO / "shim.spec").read_text()
     assert "exclude_binaries=True" in text  # onedir: COLLECT, not a onefile EXE
     assert "COLLECT(" in text
     assert "noarchive=True" in text
