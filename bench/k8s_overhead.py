@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from k8s_restore import RESTORE_FROM, fill, node_words, report, table_lines  # noqa: E402
+from k8s_restore import RESTORE_FROM, fill, node_arguments, node_words, report, table_lines  # noqa: E402
 
 from tests.e2e.cri_stack import CriStack, running  # noqa: E402
 from tests.e2e.stack import wait_for  # noqa: E402
@@ -80,13 +80,7 @@ def one_restore(cri: CriStack, folder: Path, mib: int, tag: str, recorder: float
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mib", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", type=Path, help="also write the table as JSON (bench/results/)")
-    parser.add_argument("--program", type=Path, help="the runsc-cuda the node runs (default: the venv's console "
-                        "script; dist/runsc-cuda-*/runsc-cuda is what the packages install)")  # fmt: skip
-    parser.add_argument("--detail-log", action="store_true", help="runsc-cuda writes its detailed log at debug "
-                        "level, as the tests' node does (default: the shipped config, no detailed log)")  # fmt: skip
+    node_arguments(parser, rounds=5)
     parser.add_argument("--against", type=Path, help="another runsc-cuda (an earlier build): each round restores "
                         "with both, in turns, and its rows say (against)")  # fmt: skip
     ns = parser.parse_args(argv)

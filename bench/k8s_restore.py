@@ -120,13 +120,7 @@ def direct(cri: CriStack, image: str, work: Path, n: int, cold: bool = False) ->
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mib", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, help="also write the table as JSON (bench/results/)")
-    parser.add_argument("--program", type=Path, help="the runsc-cuda the node runs (default: the venv's console "
-                        "script; dist/runsc-cuda-*/runsc-cuda is what the packages install)")  # fmt: skip
-    parser.add_argument("--detail-log", action="store_true", help="runsc-cuda writes its detailed log at debug "
-                        "level, as the tests' node does (default: the shipped config, no detailed log)")  # fmt: skip
+    node_arguments(parser, rounds=3)
     ns = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))
     rows: dict[str, list[float]] = {}
@@ -196,6 +190,17 @@ def main(argv: list[str]) -> int:
                  f"{0.25 * base:.2f} s")  # fmt: skip
     report(lines, rows, ns)
     return 0
+
+
+def node_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
+    """The options both Kubernetes benchmarks take: the pod's memory, the rounds, the output, the node's runsc-cuda."""
+    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--out", type=Path, help="also write the table as JSON (bench/results/)")
+    parser.add_argument("--program", type=Path, help="the runsc-cuda the node runs (default: the venv's console "
+                        "script; dist/runsc-cuda-*/runsc-cuda is what the packages install)")  # fmt: skip
+    parser.add_argument("--detail-log", action="store_true", help="runsc-cuda writes its detailed log at debug "
+                        "level, as the tests' node does (default: the shipped config, no detailed log)")  # fmt: skip
 
 
 def node_words(ns: argparse.Namespace) -> str:

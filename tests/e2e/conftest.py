@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 import hygiene
 from .cri_stack import CriStack, Pod
 from .cri_stack import running as cri_running
-from .stack import IMAGE, STOP_NOTES, CallFailed, Result, Stack, Unavailable, running, wait_for
+from .stack import IMAGE, STOP_NOTES, CallFailed, Result, Stack, running, started_or_skip, wait_for
 
 # A busybox loop that counts into /tmp/count and onto stdout, and exits 42 on SIGTERM
 # (a shell that is PID 1 has no default action for SIGTERM: it needs the trap).
@@ -26,14 +25,13 @@ COUNTER = 'trap "exit 42" TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/coun
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """containerd + dockerd with runsc, runsc-cuda and the recorder registered; skips when it cannot run."""
-    root = Path(tempfile.mkdtemp(prefix="rce-", dir="/tmp"))  # short: socket paths are limited
-    hygiene.own(root)  # its sandboxes are the suite's: the end-of-session check looks for them too
-    try:
-        with running(root) as started:
-            yield started
-    except Unavailable as e:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"e2e stack unavailable: {e}")
+
+    def start(root: Path) -> contextlib.AbstractContextManager[Stack]:
+        hygiene.own(root)  # its sandboxes are the suite's: the end-of-session check looks for them too
+        return running(root)
+
+    with started_or_skip("e2e stack", "rce-", start) as started:
+        yield started
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -196,13 +194,8 @@ def ctr(stack: Stack) -> Iterator[CtrContainers]:
 
 @pytest.fixture(scope="module")
 def cri() -> Iterator[CriStack]:
-    root = Path(tempfile.mkdtemp(prefix="rck-", dir="/tmp"))  # short: unix socket paths
-    try:
-        with cri_running(root) as started:
-            yield started
-    except Unavailable as e:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"CRI stack unavailable: {e}")
+    with started_or_skip("CRI stack", "rck-", cri_running) as started:
+        yield started
 
 
 @pytest.fixture

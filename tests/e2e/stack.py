@@ -36,11 +36,12 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -200,6 +201,26 @@ def run(
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         raise CallFailed(f"`{shlex.join(argv)}` did not finish in {timeout:.0f}s; stdout so far: {tail(out)}") from None
     return Result(tuple(argv), done.returncode, done.stdout, done.stderr)
+
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def started_or_skip(
+    what: str, prefix: str, start: Callable[[Path], contextlib.AbstractContextManager[T]]
+) -> Iterator[T]:
+    """A stack started in a new folder /tmp/PREFIX* (short: unix socket paths are limited) and stopped
+    after; the test is skipped, saying why, where ``what`` cannot start (Unavailable)."""
+    import pytest  # the benchmarks use this module without pytest's fixtures
+
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        with start(root) as started:
+            yield started
+    except Unavailable as e:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"{what} unavailable: {e}")
 
 
 def wait_for(what: str, probe: Callable[[], bool], timeout: float, interval: float = 0.2) -> None:

@@ -15,9 +15,7 @@ is refused, and the kubelet's API says why.
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import pytest
 
 from .cri_stack import APP_IMAGE, COUNTER, CUDA_CHECKPOINT, GPU_ANNOTATION, SIDECAR
 from .kubelet_node import POD_RESTORE_WAIT_S, KubeletNode, kubelet_node
-from .stack import Unavailable, wait_for
+from .stack import started_or_skip, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +33,8 @@ RESTORE_FROM = "dev.runsc-cuda.restore-from"
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[KubeletNode]:
-    root = Path(tempfile.mkdtemp(prefix="rkl-", dir="/tmp"))  # short: unix socket paths
-    try:
-        with kubelet_node(root) as started:
-            yield started
-    except Unavailable as e:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"kubelet node unavailable: {e}")
+    with started_or_skip("kubelet node", "rkl-", kubelet_node) as started:
+        yield started
 
 
 def gpu_pod(

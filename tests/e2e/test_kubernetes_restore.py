@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from .cri_stack import APP_IMAGE, COUNTER, GPU_ANNOTATION, SIDECAR, CriStack, Pod, gpu_pod, running
-from .stack import Unavailable, wait_for
+from .stack import started_or_skip, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -219,13 +219,8 @@ def test_mismatches_are_refused_with_one_line_and_nothing_is_left_running(cri: C
 
 @pytest.fixture
 def second_node() -> Iterator[CriStack]:
-    root = Path(tempfile.mkdtemp(prefix="rck2-", dir="/tmp"))
-    try:
-        with running(root) as started:
-            yield started
-    except Unavailable as e:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"second CRI stack unavailable: {e}")
+    with started_or_skip("second CRI stack", "rck2-", running) as started:
+        yield started
 
 
 def test_migration_the_archive_restores_on_another_node_while_the_first_pod_runs(
